@@ -1,0 +1,1 @@
+"""MeshHook engine service."""

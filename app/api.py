@@ -1,0 +1,54 @@
+"""Shared pieces of the HTTP layer: the database dependency and documented error responses."""
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from pydantic import BaseModel, ConfigDict
+
+from app.db.engine import Database
+from app.secrets.crypto import Cipher  # noqa: F401 - used in an annotation
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, shared by every error response."""
+    model_config = ConfigDict(extra="allow", json_schema_extra={
+        "example": {"type": "https://meshhook.dev/problems/not-found", "title": "Not found", "status": 404,
+                    "detail": "No such run.", "instance": "/runs/8c1d…", "request_id": "5f0c…"}})
+    type: str
+    title: str
+    status: int
+    detail: str | None = None
+    instance: str | None = None
+    request_id: str | None = None
+    errors: list[dict[str, Any]] | None = None
+    eligible_steps: list[str] | None = None
+    active_run_id: str | None = None
+
+
+_DESCRIPTIONS = {
+    400: "Bad request", 401: "Missing or invalid bearer token (or webhook signature)",
+    403: "The caller's role is too low", 404: "Not found, or not visible to the caller",
+    409: "Conflict with the current state", 413: "Request body too large",
+    422: "Validation failed; `errors` lists every problem", 503: "The database is unavailable; retry",
+}
+
+
+def errors_for(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {c: {"model": Problem, "description": _DESCRIPTIONS[c],
+                "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+            for c in codes}
+
+
+def get_db(request: Request) -> Database:
+    return request.app.state.db
+
+
+DbDep = Annotated[Database, Depends(get_db)]
+
+
+def get_cipher(request: Request):
+    return request.app.state.cipher
+
+
+CipherDep = Annotated["Cipher", Depends(get_cipher)]

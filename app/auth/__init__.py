@@ -1,0 +1,1 @@
+"""Authentication: Supabase JWT verification and the CurrentUser dependency."""

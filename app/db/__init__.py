@@ -1,0 +1,1 @@
+"""Database access: the pool, unit-of-work scopes and the embedded server."""

@@ -1,0 +1,172 @@
+"""Async SQLAlchemy engine on asyncpg, and the two unit-of-work scopes.
+
+The engine owns the pool. Statements run on the pool's asyncpg driver connection:
+repositories send hand-written SQL (RLS policies, CTEs, INSERT … SELECT copies), and the
+hot paths skip SQLAlchemy's statement layer; bench/ measures what that buys.
+
+* ``user_scope(claims)``: one transaction as role ``authenticated`` with
+  ``request.jwt.claims`` set, so row-level security decides what the caller sees.
+* ``service_scope()``: one transaction as the login role, which bypasses RLS (the
+  worker, and audit rows of denied requests).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any, AsyncIterator
+
+import asyncpg
+import orjson
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from app.errors import DatabaseUnavailable
+
+_UNAVAILABLE = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.ConnectionFailureError,
+)
+
+
+def sqlalchemy_url(url: str) -> str:
+    for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix):]
+    return url
+
+
+def asyncpg_dsn(url: str) -> str:
+    for prefix in ("postgresql+asyncpg://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql://" + url[len(prefix):]
+    return url
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """JSON in and out as Python objects (orjson), on every pooled or listener connection."""
+    for typ in ("json", "jsonb"):
+        await conn.set_type_codec(
+            typ,
+            schema="pg_catalog",
+            encoder=lambda v: orjson.dumps(v).decode(),
+            decoder=orjson.loads,
+            format="text",
+        )
+
+
+class Tx:
+    """The connection of one open transaction. Repositories are built from it."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: asyncpg.Connection):
+        self.conn = conn
+
+    async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        return await self.conn.fetch(sql, *args)
+
+    async def fetchrow(self, sql: str, *args: Any) -> asyncpg.Record | None:
+        return await self.conn.fetchrow(sql, *args)
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        return await self.conn.fetchval(sql, *args)
+
+    async def execute(self, sql: str, *args: Any) -> str:
+        return await self.conn.execute(sql, *args)
+
+    async def executemany(self, sql: str, args: list[tuple]) -> None:
+        await self.conn.executemany(sql, args)
+
+
+class Database:
+    def __init__(self, url: str, *, pool_size: int = 10, application_name: str = "meshhook-api",
+                 connect_timeout_s: float = 2.0, command_timeout_s: float = 15.0):
+        self.url = url
+        self.dsn = asyncpg_dsn(url)
+        self.application_name = application_name
+        self.connect_timeout_s = connect_timeout_s
+        self.engine: AsyncEngine = create_async_engine(
+            sqlalchemy_url(url),
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            pool_timeout=connect_timeout_s,
+            pool_pre_ping=False,
+            pool_recycle=1800,
+            connect_args={
+                "server_settings": {"application_name": application_name},
+                "timeout": connect_timeout_s,
+                "command_timeout": command_timeout_s,
+            },
+        )
+
+        @event.listens_for(self.engine.sync_engine, "connect")
+        def _on_connect(dbapi_conn, _record):  # runs after the dialect's own codecs
+            dbapi_conn.run_async(init_connection)
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+    @contextlib.asynccontextmanager
+    async def _scope(self, claims_json: str | None) -> AsyncIterator[Tx]:
+        try:
+            sa_conn = await asyncio.wait_for(self.engine.connect(), self.connect_timeout_s + 0.5)
+        except _UNAVAILABLE as exc:
+            raise DatabaseUnavailable() from exc
+        except Exception as exc:  # sqlalchemy wraps driver errors at checkout
+            if _is_unavailable(exc):
+                raise DatabaseUnavailable() from exc
+            raise
+        try:
+            fairy = await sa_conn.get_raw_connection()
+            raw: asyncpg.Connection = fairy.driver_connection
+            tr = raw.transaction()
+            try:
+                await tr.start()
+                if claims_json is not None:
+                    await raw.execute(
+                        "select set_config('role', 'authenticated', true),"
+                        " set_config('request.jwt.claims', $1, true)",
+                        claims_json,
+                    )
+                yield Tx(raw)
+            except BaseException:
+                if not raw.is_closed():
+                    with contextlib.suppress(Exception):
+                        await tr.rollback()
+                raise
+            else:
+                await tr.commit()
+        except _UNAVAILABLE as exc:
+            with contextlib.suppress(Exception):
+                await sa_conn.invalidate()
+            raise DatabaseUnavailable() from exc
+        finally:
+            with contextlib.suppress(Exception):
+                await sa_conn.close()
+
+    def user_scope(self, claims: dict) -> contextlib.AbstractAsyncContextManager[Tx]:
+        return self._scope(orjson.dumps(claims).decode())
+
+    def service_scope(self) -> contextlib.AbstractAsyncContextManager[Tx]:
+        return self._scope(None)
+
+    async def ping(self) -> bool:
+        async with self.service_scope() as tx:
+            return await tx.fetchval("select 1") == 1
+
+
+def _is_unavailable(exc: BaseException) -> bool:
+    seen = 0
+    while exc is not None and seen < 5:
+        if isinstance(exc, _UNAVAILABLE):
+            return True
+        exc = exc.__cause__ or getattr(exc, "orig", None)
+        seen += 1
+    return False

@@ -1,0 +1,1 @@
+"""The engine: a worker that claims runs and executes their steps durably."""

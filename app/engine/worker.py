@@ -1,0 +1,210 @@
+"""The engine worker: LISTEN + polling fallback → claim with FOR UPDATE SKIP LOCKED and a
+lease → drive runs concurrently → heartbeat leases → on SIGTERM stop claiming, let
+in-flight work finish within a grace period and release the rest.
+
+The listener has its own connection outside the pool and reconnects with backoff; every
+(re)connect wakes the claimer, which reconciles from the table (the table is the truth).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+
+import asyncpg
+import httpx
+
+from app.db.engine import Database
+from app.engine.driver import RunDriver
+from app.engine.repository import EngineRepository
+from app.errors import DatabaseUnavailable
+from app.observability.metrics import RUNS_CLAIMED
+from app.secrets.crypto import Cipher
+from app.settings import Settings
+from app.workflows.service import DagCache
+
+log = logging.getLogger("meshhook.worker")
+CHANNEL = "meshhook_runs"
+
+
+class Worker:
+    def __init__(self, settings: Settings, database_url: str, cipher: Cipher, *, name: str = "worker",
+                 notify: bool | None = None):
+        self.settings = settings
+        self.cipher = cipher
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{name}:{uuid.uuid4().hex[:6]}"
+        self.db = Database(database_url, pool_size=max(4, min(settings.worker_concurrency, 20)),
+                           application_name="meshhook-worker", connect_timeout_s=settings.db_connect_timeout_s,
+                           command_timeout_s=settings.db_command_timeout_s)
+        self.notify = settings.notify_enabled if notify is None else notify
+        self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=settings.worker_concurrency * 2),
+                                      follow_redirects=False)
+        self.step_slots = asyncio.Semaphore(settings.worker_concurrency)
+        self.dags = DagCache()
+        self.active: dict[uuid.UUID, asyncio.Task] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._tasks: list[asyncio.Task] = []
+        self.listening = asyncio.Event()
+        self.listener_connects = 0
+
+    # ---- lifecycle -------------------------------------------------------------------
+    async def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._claim_loop(), name="claim"),
+                       asyncio.create_task(self._poll_loop(), name="poll"),
+                       asyncio.create_task(self._heartbeat_loop(), name="heartbeat")]
+        if self.notify:
+            self._tasks.append(asyncio.create_task(self._listen_loop(), name="listen"))
+        self._wake.set()
+        log.info("worker started", extra={"worker": self.id, "notify": self.notify,
+                                          "concurrency": self.settings.worker_concurrency})
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Stop claiming; give in-flight runs `grace_s` to finish; release the leases of the rest."""
+        grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
+        self._stopping = True
+        self._wake.set()
+        for t in self._tasks:
+            if t.get_name() in ("claim", "poll", "listen"):
+                t.cancel()
+        if self.active:
+            await asyncio.wait(list(self.active.values()), timeout=grace)
+        leftover = list(self.active)
+        for t in list(self.active.values()):
+            t.cancel()
+        for t in list(self.active.values()):
+            with contextlib.suppress(BaseException):
+                await t
+        if leftover:
+            with contextlib.suppress(Exception):
+                async with self.db.service_scope() as tx:
+                    await EngineRepository(tx).release(self.id, leftover)
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(BaseException):
+                await t
+        await self.http.aclose()
+        await self.db.dispose()
+        log.info("worker stopped", extra={"worker": self.id, "released": len(leftover)})
+
+    def wake_later(self, delay_s: float) -> None:
+        asyncio.get_running_loop().call_later(delay_s + 0.01, self._wake.set)
+
+    # ---- loops -------------------------------------------------------------------------
+    async def _listen_loop(self) -> None:
+        backoff = 0.1
+        while not self._stopping:
+            conn = None
+            try:
+                conn = await asyncpg.connect(self.db.dsn, timeout=self.settings.db_connect_timeout_s,
+                                             server_settings={"application_name": "meshhook-listener"})
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _c: lost.set())
+                await conn.add_listener(CHANNEL, lambda *_: self._wake.set())
+                self.listener_connects += 1
+                self.listening.set()
+                backoff = 0.1
+                self._wake.set()  # reconcile from the table after every (re)connect
+                while not lost.is_set():
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(lost.wait(), 2.0)
+                    if not lost.is_set():
+                        try:
+                            await asyncio.wait_for(conn.execute("select 1"), 2.0)
+                        except Exception:  # noqa: BLE001 - treat any failure as a lost connection
+                            lost.set()
+                log.warning("listener connection lost; reconnecting", extra={"worker": self.id})
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - reconnect with backoff
+                log.warning("listener cannot connect", extra={"worker": self.id, "error": type(exc).__name__})
+            finally:
+                self.listening.clear()
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.close(timeout=1)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    async def _poll_loop(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(self.settings.poll_interval_s)
+            self._wake.set()
+
+    async def _heartbeat_loop(self) -> None:
+        every = max(self.settings.lease_s / 3, 0.2)
+        while True:
+            await asyncio.sleep(every)
+            if not self.active:
+                continue
+            try:
+                async with self.db.service_scope() as tx:
+                    await EngineRepository(tx).heartbeat(self.id, list(self.active), self.settings.lease_s)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the next beat tries again
+                log.warning("heartbeat failed", extra={"worker": self.id, "error": type(exc).__name__})
+
+    async def _claim_loop(self) -> None:
+        backoff = 0.05
+        while not self._stopping:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._stopping:
+                break
+            free = self.settings.worker_concurrency - len(self.active)
+            if free <= 0:
+                continue  # a finishing run sets the wake-up again
+            try:
+                async with self.db.service_scope() as tx:
+                    rows = await EngineRepository(tx).claim(self.id, free, self.settings.lease_s)
+                backoff = 0.05
+            except asyncio.CancelledError:
+                raise
+            except (DatabaseUnavailable, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("claim failed; retrying", extra={"worker": self.id, "error": type(exc).__name__})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                self._wake.set()
+                continue
+            for row in rows:
+                RUNS_CLAIMED.inc()
+                self.active[row["id"]] = asyncio.create_task(self._drive(row))
+            if len(rows) == free:
+                self._wake.set()  # there may be more waiting
+
+    async def _drive(self, run) -> None:
+        run_id = run["id"]
+        try:
+            async with self.db.service_scope() as tx:
+                dag = await self.dags.get(tx, run["workflow_id"], run["workflow_version"])
+            await RunDriver(self, run, dag).drive()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - the lease expires and another claim retries the run
+            log.exception("run driver crashed", extra={"run_id": str(run_id), "worker": self.id})
+            with contextlib.suppress(Exception):
+                async with self.db.service_scope() as tx:
+                    await EngineRepository(tx).release(self.id, [run_id])
+            self.wake_later(1.0)
+        finally:
+            self.active.pop(run_id, None)
+            if not self._stopping:
+                self._wake.set()
+
+    async def run_forever(self) -> None:
+        import signal
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        await stop.wait()
+        log.info("shutting down", extra={"worker": self.id, "in_flight": len(self.active)})
+        await self.stop()

@@ -1,0 +1,128 @@
+"""The FastAPI application: wiring of routers, middleware, error handlers and lifespan."""
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app.api import Problem, errors_for
+from app.auth.jwt import TokenVerifier
+from app.db.engine import Database
+from app.errors import DatabaseUnavailable, install_error_handlers
+from app.middleware import RequestContextMiddleware
+from app.secrets.crypto import Cipher
+from app.settings import Settings, get_settings
+
+log = logging.getLogger("meshhook.app")
+
+DESCRIPTION = """MeshHook engine service: durable webhook-driven workflows on Postgres, with
+**resume from a chosen step** for failed, paused and cancelled runs.
+
+Authenticate with a Supabase access token: `Authorization: Bearer <jwt>`. Every error is
+RFC 9457 `application/problem+json` with a `request_id`."""
+
+
+def create_app(settings: Settings | None = None, *, database_url: str | None = None,
+               jwt_secret: str | None = None, secret_key: str | None = None, run_worker: bool = False) -> FastAPI:
+    settings = settings or get_settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        from app.runs.stream import EventHub
+
+        url = database_url or settings.database_url
+        if url is None:
+            from app.db.embedded import resolve_database_url
+
+            url = resolve_database_url()
+        app.state.db = Database(url, pool_size=settings.db_pool_size, application_name="meshhook-api",
+                                connect_timeout_s=settings.db_connect_timeout_s,
+                                command_timeout_s=settings.db_command_timeout_s)
+        app.state.http = httpx.AsyncClient()
+        app.state.verifier = TokenVerifier(settings, app.state.http, hs_secret=jwt_secret)
+        key = secret_key or settings.secret_key
+        if key is None:
+            from app.db.embedded import local_secret_key
+
+            key = local_secret_key()
+        app.state.cipher = Cipher(key)
+        app.state.hub = EventHub(app.state.db.dsn)
+        worker = None
+        if run_worker:
+            from app.engine.worker import Worker
+
+            worker = Worker(settings, url, app.state.cipher, name="api-inproc")
+            await worker.start()
+        app.state.worker = worker
+        try:
+            yield
+        finally:
+            if worker is not None:
+                await worker.stop()
+            await app.state.hub.close()
+            await app.state.http.aclose()
+            await app.state.db.dispose()
+
+    app = FastAPI(title="MeshHook engine service", version="0.1.0", description=DESCRIPTION,
+                  lifespan=lifespan,
+                  openapi_tags=[{"name": "projects"}, {"name": "workflows"}, {"name": "runs"},
+                                {"name": "resume"}, {"name": "hooks"}, {"name": "audit"}, {"name": "health"}])
+    app.state.settings = settings
+    install_error_handlers(app)
+
+    from app.audit.router import router as audit_router
+    from app.hooks.router import router as hooks_router
+    from app.projects.router import router as projects_router
+    from app.resume.router import router as resume_router
+    from app.runs.router import router as runs_router
+    from app.workflows.router import router as workflows_router
+
+    for r in (projects_router, workflows_router, runs_router, resume_router, hooks_router, audit_router):
+        app.include_router(r)
+
+    @app.get("/healthz", tags=["health"], operation_id="health-live", summary="Liveness")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], operation_id="health-ready", summary="Readiness (checks the database)",
+             responses=errors_for(503))
+    async def readyz(request: Request):
+        try:
+            await request.app.state.db.ping()
+        except DatabaseUnavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure to reach the DB is "not ready"
+            raise DatabaseUnavailable() from exc
+        return {"status": "ready"}
+
+    @app.get("/metrics", tags=["health"], operation_id="health-metrics", summary="Prometheus metrics",
+             response_class=PlainTextResponse)
+    async def metrics():
+        return PlainTextResponse(generate_latest().decode(), media_type=CONTENT_TYPE_LATEST)
+
+    # Make sure the shared problem schema is in the spec even where FastAPI would inline it.
+    app.openapi_schema = None
+    _orig_openapi = app.openapi
+
+    def openapi():
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = _orig_openapi()
+        schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = Problem.model_json_schema()
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=False,
+                           allow_methods=["GET", "POST", "PUT", "OPTIONS"],
+                           allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID",
+                                          "X-Request-ID"],
+                           expose_headers=["Location", "X-Request-ID", "Retry-After"], max_age=86400)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    return app

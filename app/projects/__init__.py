@@ -1,0 +1,1 @@
+"""Projects (tenants) and their members."""

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Role = Literal["owner", "editor", "viewer"]
+
+
+class ProjectCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=200, examples=["Payments"])
+
+
+class ProjectRead(BaseModel):
+    id: uuid.UUID
+    name: str
+    created_by: uuid.UUID
+    created_at: datetime
+    role: Role
+
+
+class ProjectList(BaseModel):
+    items: list[ProjectRead]
+    next_cursor: str | None = None
+
+
+class MemberCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user_id: uuid.UUID
+    role: Role
+
+
+class MemberRead(BaseModel):
+    project_id: uuid.UUID
+    user_id: uuid.UUID
+    role: Role
+    created_at: datetime
+
+
+class MemberList(BaseModel):
+    items: list[MemberRead]
+    next_cursor: str | None = None
+
+
+class SecretPut(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    value: str = Field(min_length=0, max_length=65536)

@@ -1,0 +1,1 @@
+"""Resume from step: eligibility, plans, and the permission-checked resume itself."""

@@ -1,0 +1,216 @@
+"""Resume from step (DESIGN §5): the permission check, state validation, plan, and the one
+transaction that writes the new run, its copied steps, events, audit row and wake-up.
+
+Every attempt leaves exactly one `run.resume` audit row: accepted ones in the resume's own
+transaction, denied and rejected ones in a service-scope transaction after the caller's
+transaction has rolled back (a non-member cannot write to a project they cannot see).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import uuid
+from typing import Any
+
+import asyncpg
+import orjson
+from pydantic import ValidationError
+
+from app.audit.repository import AuditRepository
+from app.audit.service import RequestFacts
+from app.auth.jwt import User
+from app.db.engine import Database, Tx
+from app.errors import Conflict, DomainError, Forbidden, NotFound, Unprocessable
+from app.observability.metrics import RESUME_SECONDS, RESUME_TOTAL
+from app.projects.repository import ProjectRepository
+from app.projects.service import RANK
+from app.resume.plan import RESUMABLE_RUN, ResumePlan, build_resume_plan, eligible_steps
+from app.resume.repository import IdempotencyRepository
+from app.resume.schemas import ResumeRequest
+from app.runs.repository import RunRepository
+from app.runs.service import pending_rows, run_for, run_view
+from app.workflows.repository import WorkflowRepository
+from app.workflows.service import dag_cache
+
+log = logging.getLogger("meshhook.resume")
+ACTION = "run.resume"
+
+
+def _errors_of(exc: ValidationError) -> list[dict[str, Any]]:
+    return [{"loc": ["body", *[str(p) for p in e["loc"]]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+
+
+def parse_request(raw: bytes) -> ResumeRequest:
+    try:
+        data = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        raise Unprocessable("The body is not valid JSON.", errors=[{"loc": ["body"], "msg": "invalid JSON"}]) from None
+    if not isinstance(data, dict):
+        raise Unprocessable("The body must be a JSON object.", errors=[{"loc": ["body"], "msg": "must be an object"}])
+    try:
+        return ResumeRequest.model_validate(data)
+    except ValidationError as exc:
+        raise Unprocessable("The resume request is not valid.", errors=_errors_of(exc)) from None
+
+
+async def _plan_for(tx: Tx, run, statuses: dict[str, str], req_step: str, version_choice) -> tuple[ResumePlan, int, Any, Any]:
+    """Validate state and build the plan; raises 422/409 as DESIGN §5 says."""
+    dag = await dag_cache.get(tx, run["workflow_id"], run["workflow_version"])
+    eligible = eligible_steps(dag, run["status"], statuses)
+    if req_step not in dag.steps:
+        raise Unprocessable(f"The workflow has no step {req_step!r}.", eligible_steps=eligible,
+                            errors=[{"loc": ["body", "from_step"], "msg": "unknown step"}])
+    if req_step not in eligible:
+        if run["status"] not in RESUMABLE_RUN:
+            why = f"the run is {run['status']}; only failed, paused or cancelled runs can be resumed"
+        elif statuses.get(req_step) not in ("failed", "paused", "cancelled"):
+            why = f"step {req_step!r} is {statuses.get(req_step)}; only a failed, paused or cancelled step can be resumed from"
+        else:
+            why = f"an ancestor of step {req_step!r} did not succeed"
+        raise Conflict(f"Cannot resume from {req_step!r}: {why}.", eligible_steps=eligible)
+    if version_choice == "original":
+        version, new_dag = run["workflow_version"], dag
+    else:
+        if version_choice == "latest":
+            version = (await WorkflowRepository(tx).get(run["workflow_id"]))["latest_version"]
+        else:
+            version = int(version_choice)
+        new_dag = dag if version == run["workflow_version"] else await dag_cache.get(tx, run["workflow_id"], version)
+        if new_dag is None:
+            raise Unprocessable(f"Workflow version {version} does not exist.",
+                                errors=[{"loc": ["body", "workflow_version"], "msg": "no such version"}])
+        if req_step not in new_dag.steps:
+            raise Unprocessable(f"Version {version} has no step {req_step!r}.",
+                                errors=[{"loc": ["body", "from_step"], "msg": "step not in the chosen version"}])
+    return build_resume_plan(dag, new_dag, statuses, req_step, eligible), version, dag, new_dag
+
+
+async def resume_plan(tx: Tx, run_id: uuid.UUID, from_step: str) -> dict:
+    run = await run_for(tx, run_id, "viewer")
+    statuses = {r["step_key"]: r["status"] for r in await RunRepository(tx).step_statuses(run_id)}
+    plan, *_ = await _plan_for(tx, run, statuses, from_step, "original")
+    return {"from_step": plan.from_step, "reuse": plan.reuse, "rerun": plan.rerun, "eligible_steps": plan.eligible_steps}
+
+
+def _hash(req: ResumeRequest) -> str:
+    return hashlib.sha256(orjson.dumps(req.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+class _Replay(Exception):
+    def __init__(self, status: int, body: dict):
+        self.status, self.body = status, body
+
+
+async def _resume_tx(tx: Tx, user: User, run_id: uuid.UUID, req: ResumeRequest, idem_key: str | None,
+                     facts: RequestFacts, ctx: dict) -> dict:
+    repo = RunRepository(tx)
+    # The parent's row lock serializes concurrent resumes of one run: the second sees the first's child.
+    run = await repo.get(run_id, for_update=True)
+    if run is None:
+        raise NotFound("No such run.")
+    ctx["project_id"] = run["project_id"]
+    role = await ProjectRepository(tx).role_of_caller(run["project_id"])
+    if role is None:
+        raise NotFound("No such run.")
+    if RANK[role] < RANK["editor"]:
+        raise Forbidden(f"Resuming needs the editor or owner role; you are {role}.")
+    scope = f"POST /runs/{run_id}/resume"
+    req_hash = _hash(req)
+    if idem_key is not None:
+        prior = await IdempotencyRepository(tx).get(user.id, scope, idem_key)
+        if prior is not None:
+            if prior["request_hash"] != req_hash:
+                raise Unprocessable("This Idempotency-Key was used with a different request body.",
+                                    errors=[{"loc": ["header", "idempotency-key"], "msg": "reused with another body"}])
+            ctx["replay"] = True
+            raise _Replay(prior["status_code"], prior["response"])
+    statuses = {r["step_key"]: r["status"] for r in await repo.step_statuses(run_id)}
+    plan, version, _old_dag, new_dag = await _plan_for(tx, run, statuses, req.from_step, req.workflow_version)
+    active = await repo.active_child(run_id)
+    if active is not None:
+        raise Conflict("A resumed run of this run is already queued or running.", active_run_id=str(active))
+
+    new_id = uuid.uuid4()
+    ctx["new_run_id"] = new_id
+    reuse = set(plan.reuse)
+    positions = {k: i for i, k in enumerate(new_dag.order)}
+    await repo.insert_run(
+        run_id=new_id, project_id=run["project_id"], workflow_id=run["workflow_id"], version=version,
+        trigger="resume", input=req.input if req.input is not None else run["input"], parent_run_id=run_id,
+        root_run_id=run["root_run_id"] or run_id, resumed_from_step=req.from_step, resume_reason=req.reason,
+        created_by=user.id, pending=pending_rows(new_dag, reuse),
+        event_payload={"parent_run_id": str(run_id)})
+    await repo.copy_steps(new_id, run_id, plan.reuse, [positions[k] for k in plan.reuse])
+    summary = {"from_step": req.from_step, "reused": plan.reuse, "rerun": plan.rerun, "workflow_version": version}
+    await repo.add_event(new_id, run["project_id"], "run_resumed", req.from_step,
+                         {"parent_run_id": str(run_id), **summary})
+    await repo.add_event(run_id, run["project_id"], "run_resumed", req.from_step,
+                         {"child_run_id": str(new_id), **summary})
+    await AuditRepository(tx).insert(
+        action=ACTION, outcome="accepted", actor_id=user.id, project_id=run["project_id"], run_id=run_id,
+        step_key=req.from_step, new_run_id=new_id, reason=req.reason, status_code=202,
+        request_id=facts.request_id, ip=facts.ip, user_agent=facts.user_agent,
+        detail={"workflow_version": version, "reused": len(plan.reuse), "rerun": len(plan.rerun),
+                "idempotency_key": idem_key is not None})
+    body = await run_view(tx, new_id)
+    if idem_key is not None:
+        await IdempotencyRepository(tx).put(user.id, scope, idem_key, req_hash, 202,
+                                            orjson.loads(orjson.dumps(body, default=str)))
+    return body
+
+
+async def resume(db: Database, user: User, run_id: uuid.UUID, raw_body: bytes, idem_key: str | None,
+                 facts: RequestFacts) -> tuple[int, dict]:
+    started = time.perf_counter()
+    ctx: dict[str, Any] = {}
+    req: ResumeRequest | None = None
+    outcome, status = "accepted", 202
+    try:
+        if idem_key is not None and not (1 <= len(idem_key) <= 255):
+            raise Unprocessable("Idempotency-Key must be 1 to 255 characters.",
+                                errors=[{"loc": ["header", "idempotency-key"], "msg": "bad length"}])
+        req = parse_request(raw_body)
+        try:
+            async with db.user_scope(user.claims) as tx:
+                body = await _resume_tx(tx, user, run_id, req, idem_key, facts, ctx)
+        except asyncpg.UniqueViolationError:
+            # The database's one-active-child index caught a race the row lock did not.
+            async with db.service_scope() as tx:
+                active = await RunRepository(tx).active_child(run_id)
+            raise Conflict("A resumed run of this run is already queued or running.",
+                           active_run_id=str(active) if active else None) from None
+        except _Replay as replay:
+            status, body = replay.status, replay.body
+            await _audit(db, user, run_id, req, ctx, facts, "accepted", status,
+                         new_run_id=body.get("id"), detail={"idempotent_replay": True})
+        return status, body
+    except DomainError as exc:
+        status = exc.status
+        outcome = "denied" if status in (403, 404) else "rejected"
+        if status < 500:
+            detail = {"error": exc.detail}
+            if "active_run_id" in exc.extra:
+                detail["active_run_id"] = exc.extra["active_run_id"]
+            await _audit(db, user, run_id, req, ctx, facts, outcome, status, detail=detail)
+        raise
+    finally:
+        elapsed = time.perf_counter() - started
+        RESUME_TOTAL.labels(outcome).inc()
+        RESUME_SECONDS.labels(outcome).observe(elapsed)
+        log.info("resume attempt", extra={
+            "action": ACTION, "outcome": outcome, "status": status, "run_id": str(run_id),
+            "actor_id": str(user.id), "from_step": req.from_step if req else None,
+            "new_run_id": str(ctx["new_run_id"]) if status == 202 and "new_run_id" in ctx else None,
+            "ms": round(elapsed * 1000, 2)})
+
+
+async def _audit(db: Database, user: User, run_id: uuid.UUID, req: ResumeRequest | None, ctx: dict,
+                 facts: RequestFacts, outcome: str, status: int, *, new_run_id=None, detail=None) -> None:
+    async with db.service_scope() as tx:
+        repo = AuditRepository(tx)
+        project_id = ctx.get("project_id") or await repo.project_of_run(run_id)
+        await repo.insert(action=ACTION, outcome=outcome, actor_id=user.id, project_id=project_id, run_id=run_id,
+                          step_key=req.from_step if req else None, new_run_id=new_run_id,
+                          reason=req.reason if req else None, status_code=status, request_id=facts.request_id,
+                          ip=facts.ip, user_agent=facts.user_agent, detail=detail or {})

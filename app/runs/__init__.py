@@ -1,0 +1,1 @@
+"""Runs: starting them, reading them, their events, and operator actions."""

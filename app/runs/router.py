@@ -1,0 +1,134 @@
+"""HTTP routes for runs: start, read, list, steps, lineage, events (JSON or SSE), cancel and pause."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from datetime import datetime
+from typing import Annotated, Literal
+
+import orjson
+from fastapi import APIRouter, Header, Path, Query, Request, Response
+from sse_starlette.sse import EventSourceResponse
+
+from app.api import DbDep, errors_for
+from app.auth.dependencies import CurrentUser
+from app.errors import Unprocessable
+from app.runs import service
+from app.runs.schemas import EventList, Lineage, RunDetail, RunList, RunRead, RunStart, StepDetail
+
+router = APIRouter(tags=["runs"])
+RunId = Annotated[uuid.UUID, Path(description="Run id")]
+FINAL_EVENTS = {"run_succeeded", "run_failed", "run_cancelled"}
+
+
+@router.post("/workflows/{workflow_id}/runs", status_code=202, response_model=RunDetail, operation_id="runs-start",
+             summary="Start a run of a workflow (editor+)", responses=errors_for(401, 403, 404, 422, 503))
+async def start_run(workflow_id: Annotated[uuid.UUID, Path()], body: RunStart, user: CurrentUser, db: DbDep,
+                    response: Response):
+    async with db.user_scope(user.claims) as tx:
+        run = await service.start_run(tx, user, workflow_id, body.input, body.version)
+    response.headers["Location"] = f"/runs/{run['id']}"
+    return run
+
+
+@router.get("/runs", response_model=RunList, operation_id="runs-list",
+            summary="Runs visible to the caller, newest first (keyset pagination)",
+            responses=errors_for(401, 404, 422, 503))
+async def list_runs(user: CurrentUser, db: DbDep,
+                    project_id: uuid.UUID | None = None, workflow_id: uuid.UUID | None = None,
+                    status: Literal["queued", "running", "paused", "succeeded", "failed", "cancelled"] | None = None,
+                    created_after: datetime | None = None, created_before: datetime | None = None,
+                    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+                    cursor: Annotated[str | None, Query(max_length=200)] = None):
+    async with db.user_scope(user.claims) as tx:
+        return await service.list_runs(tx, project_id=project_id, workflow_id=workflow_id, status=status,
+                                       created_after=created_after, created_before=created_before,
+                                       cursor=cursor, limit=limit)
+
+
+@router.get("/runs/{run_id}", response_model=RunDetail, operation_id="runs-get",
+            summary="A run with its steps (each marked eligible_for_resume) and the runs resumed from it",
+            responses=errors_for(401, 404, 422, 503))
+async def get_run(run_id: RunId, user: CurrentUser, db: DbDep):
+    async with db.user_scope(user.claims) as tx:
+        return await service.get_run(tx, run_id)
+
+
+@router.get("/runs/{run_id}/steps/{step_key}", response_model=StepDetail, operation_id="runs-step-get",
+            summary="One step with its full stored output and its attempts", responses=errors_for(401, 404, 422, 503))
+async def get_step(run_id: RunId, step_key: Annotated[str, Path(max_length=100)], user: CurrentUser, db: DbDep):
+    async with db.user_scope(user.claims) as tx:
+        return await service.get_step(tx, run_id, step_key)
+
+
+@router.get("/runs/{run_id}/lineage", response_model=Lineage, operation_id="runs-lineage",
+            summary="The whole resume tree from the root run", responses=errors_for(401, 404, 422, 503))
+async def lineage(run_id: RunId, user: CurrentUser, db: DbDep):
+    async with db.user_scope(user.claims) as tx:
+        return await service.lineage(tx, run_id)
+
+
+@router.get("/runs/{run_id}/events", response_model=EventList, operation_id="runs-events",
+            summary="The run's events: JSON, or a live Server-Sent Events stream with Accept: text/event-stream",
+            description="With `Accept: text/event-stream` the response replays events after `Last-Event-ID` "
+                        "(or `after`), then streams new ones as they commit, with a heartbeat comment every "
+                        "15 s, and ends after the run reaches succeeded, failed or cancelled.",
+            responses=errors_for(401, 404, 422, 503) | {200: {"content": {"text/event-stream": {}}}})
+async def events(run_id: RunId, request: Request, user: CurrentUser, db: DbDep,
+                 after: Annotated[int, Query(ge=0, le=2**62)] = 0,
+                 limit: Annotated[int, Query(ge=1, le=1000)] = 500,
+                 last_event_id: Annotated[str | None, Header(max_length=40)] = None):
+    if "text/event-stream" not in request.headers.get("accept", ""):
+        async with db.user_scope(user.claims) as tx:
+            return await service.list_events(tx, run_id, after, limit)
+    if last_event_id:
+        try:
+            after = max(after, int(last_event_id))
+        except ValueError:
+            raise Unprocessable("Last-Event-ID must be an event id.",
+                                errors=[{"loc": ["header", "last-event-id"], "msg": "not an integer"}]) from None
+    async with db.user_scope(user.claims) as tx:
+        first = await service.list_events(tx, run_id, after, 1000)  # also the membership check (404)
+    hub = request.app.state.hub
+
+    async def stream():
+        nonlocal after
+        wake = hub.subscribe(run_id)
+        try:
+            batch = first["items"]
+            while True:
+                done = False
+                for ev in batch:
+                    after = ev["id"]
+                    yield {"id": str(ev["id"]), "event": ev["type"],
+                           "data": orjson.dumps(ev, default=str).decode()}
+                    done = done or ev["type"] in FINAL_EVENTS
+                if done:
+                    return
+                if len(batch) < 1000:
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(wake.wait(), 5)
+                    wake.clear()
+                async with db.user_scope(user.claims) as tx:
+                    batch = (await service.list_events(tx, run_id, after, 1000))["items"]
+        finally:
+            hub.unsubscribe(run_id, wake)
+
+    return EventSourceResponse(stream(), ping=15, headers={"Cache-Control": "no-store"})
+
+
+@router.post("/runs/{run_id}/cancel", status_code=202, response_model=RunDetail, operation_id="runs-cancel",
+             summary="Cancel a run (editor+): in-flight steps finish, no new step starts",
+             responses=errors_for(401, 403, 404, 409, 422, 503))
+async def cancel(run_id: RunId, user: CurrentUser, db: DbDep):
+    async with db.user_scope(user.claims) as tx:
+        return await service.request_stop(tx, run_id, "cancel")
+
+
+@router.post("/runs/{run_id}/pause", status_code=202, response_model=RunDetail, operation_id="runs-pause",
+             summary="Pause a run (editor+): in-flight steps finish, no new step starts",
+             responses=errors_for(401, 403, 404, 409, 422, 503))
+async def pause(run_id: RunId, user: CurrentUser, db: DbDep):
+    async with db.user_scope(user.claims) as tx:
+        return await service.request_stop(tx, run_id, "pause")

@@ -1,0 +1,1 @@
+"""Project secrets: encrypted at rest, resolved only at execution time, never shown."""

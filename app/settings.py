@@ -1,0 +1,111 @@
+"""Service configuration, read once from the environment (names as in DESIGN §7)."""
+from __future__ import annotations
+
+import base64
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MESHHOOK_", extra="ignore", populate_by_name=True)
+
+    database_url: str | None = Field(default=None, validation_alias=AliasChoices("DATABASE_URL"))
+    supabase_url: str | None = Field(default=None, validation_alias=AliasChoices("SUPABASE_URL"))
+    supabase_jwt_secret: str | None = Field(default=None, validation_alias=AliasChoices("SUPABASE_JWT_SECRET"))
+    supabase_jwt_issuer: str | None = Field(default=None, validation_alias=AliasChoices("SUPABASE_JWT_ISSUER"))
+    supabase_anon_key: str | None = Field(default=None, validation_alias=AliasChoices("SUPABASE_ANON_KEY"))
+    # Verify tokens by asking Supabase Auth (GET /auth/v1/user) when the project publishes no
+    # keys and shares no secret. Results are cached per token until the token expires.
+    supabase_auth_verify: bool = Field(default=False, validation_alias=AliasChoices("MESHHOOK_SUPABASE_AUTH_VERIFY"))
+
+    jwt_audience: str = "authenticated"
+    jwt_leeway_s: int = Field(default=30, ge=0, le=300)
+    jwks_cache_s: int = Field(default=600, ge=1, le=600)
+    jwks_min_refetch_s: float = Field(default=5.0, ge=0)
+
+    secret_key: str | None = None  # base64 of 32 bytes, AES-256-GCM for secrets at rest
+    data_dir: str | None = None  # embedded Postgres data and generated keys
+
+    cors_origins: list[str] = Field(default_factory=list)
+    log_format: Literal["json", "text"] = "json"
+    log_level: str = "INFO"
+
+    worker_concurrency: int = Field(default=32, ge=1, le=1024)
+    poll_interval_s: float = Field(default=1.0, gt=0, le=60)
+    lease_s: float = Field(default=30.0, gt=0.5, le=3600)
+    shutdown_grace_s: float = Field(default=20.0, ge=0)
+    notify_enabled: bool = True
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    max_output_bytes: int = Field(default=262_144, ge=1024)
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+    db_connect_timeout_s: float = Field(default=2.0, gt=0)
+    db_command_timeout_s: float = Field(default=15.0, gt=0)
+    metrics_public: bool = True
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, v):
+        if isinstance(v, str) and not v.strip().startswith("["):
+            return [o.strip() for o in v.split(",") if o.strip()]
+        return v
+
+    @field_validator("secret_key")
+    @classmethod
+    def _check_key(cls, v):
+        if v is None:
+            return v
+        try:
+            raw = base64.b64decode(v, validate=True)
+        except Exception as exc:  # noqa: BLE001 - turned into one clear line
+            raise ValueError("must be base64") from exc
+        if len(raw) != 32:
+            raise ValueError("must be base64 of exactly 32 bytes")
+        return v
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_db(cls, v):
+        if v is None or v == "":
+            return None
+        if not v.startswith(("postgresql://", "postgres://", "postgresql+asyncpg://")):
+            raise ValueError("must be a postgresql:// URL")
+        return v
+
+    @property
+    def issuer(self) -> str | None:
+        if self.supabase_jwt_issuer:
+            return self.supabase_jwt_issuer
+        if self.supabase_url:
+            return self.supabase_url.rstrip("/") + "/auth/v1"
+        return None
+
+    @property
+    def jwks_url(self) -> str | None:
+        if self.supabase_url:
+            return self.supabase_url.rstrip("/") + "/auth/v1/.well-known/jwks.json"
+        return None
+
+
+class SettingsError(SystemExit):
+    """A bad setting: the process exits with one clear line."""
+
+
+def load_settings() -> Settings:
+    from pydantic import ValidationError
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        parts = []
+        for err in exc.errors():
+            name = ".".join(str(p) for p in err["loc"]) or "settings"
+            parts.append(f"{name.upper() if name.islower() else name}: {err['msg']}")
+        raise SettingsError("meshhook: invalid configuration: " + "; ".join(parts)) from None
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return load_settings()

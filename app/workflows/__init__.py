@@ -1,0 +1,1 @@
+"""Workflow definitions, immutable versions, and the API to manage them."""

@@ -1,0 +1,98 @@
+"""Rules for workflows: validation on write, immutable numbered versions, webhook secrets."""
+from __future__ import annotations
+
+import secrets as pysecrets
+import uuid
+from collections import OrderedDict
+
+from app.auth.jwt import User
+from app.db.engine import Tx
+from app.errors import Conflict, NotFound, Unprocessable
+from app.projects.service import check_role, require_role
+from app.projects.repository import ProjectRepository
+from app.secrets.crypto import Cipher
+from app.workflows.definition import Dag, DefinitionInvalid, parse_definition
+from app.workflows.repository import WorkflowRepository
+
+import asyncpg
+
+
+def webhook_context(wf_id: uuid.UUID) -> str:
+    return f"webhook:{wf_id}"
+
+
+def validate_definition(definition: dict) -> Dag:
+    try:
+        return parse_definition(definition)
+    except DefinitionInvalid as exc:
+        raise Unprocessable(f"The workflow definition has {len(exc.errors)} problem(s).", errors=exc.errors) from None
+
+
+class DagCache:
+    """Parsed definitions by (workflow id, version): versions are immutable, so entries never go stale."""
+
+    def __init__(self, size: int = 512):
+        self._items: OrderedDict[tuple[uuid.UUID, int], Dag] = OrderedDict()
+        self.size = size
+
+    async def get(self, tx: Tx, wf_id: uuid.UUID, version: int) -> Dag | None:
+        key = (wf_id, version)
+        dag = self._items.get(key)
+        if dag is None:
+            definition = await WorkflowRepository(tx).definition(wf_id, version)
+            if definition is None:
+                return None
+            dag = parse_definition(definition)
+            self._items[key] = dag
+            if len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return dag
+
+
+dag_cache = DagCache()
+
+
+async def create_workflow(tx: Tx, cipher: Cipher, user: User, project_id: uuid.UUID, slug: str, name: str,
+                          definition: dict):
+    await require_role(tx, project_id, "editor")
+    validate_definition(definition)
+    repo = WorkflowRepository(tx)
+    wf_id = uuid.uuid4()
+    secret = "whsec_" + pysecrets.token_urlsafe(32)
+    nonce, ct = cipher.encrypt(secret, webhook_context(wf_id))
+    try:
+        await repo.create(wf_id, project_id, slug, name, nonce, ct, user.id)
+    except asyncpg.UniqueViolationError:
+        raise Conflict(f"A workflow with slug {slug!r} already exists in this project.") from None
+    version = await repo.next_version(wf_id)
+    await repo.insert_version(wf_id, project_id, version, definition, user.id)
+    row = await repo.get_with_version(wf_id, None)
+    return _read(row) | {"webhook_secret": secret}
+
+
+async def workflow_for(tx: Tx, wf_id: uuid.UUID, min_role: str):
+    row = await WorkflowRepository(tx).get(wf_id)
+    if row is None:
+        raise NotFound("No such workflow.")
+    role = await ProjectRepository(tx).role_of_caller(row["project_id"])
+    check_role(role, min_role, "workflow")
+    return row
+
+
+async def add_version(tx: Tx, user: User, wf_id: uuid.UUID, definition: dict):
+    wf = await workflow_for(tx, wf_id, "editor")
+    validate_definition(definition)
+    repo = WorkflowRepository(tx)
+    version = await repo.next_version(wf_id)
+    return await repo.insert_version(wf_id, wf["project_id"], version, definition, user.id)
+
+
+async def get_workflow(tx: Tx, wf_id: uuid.UUID):
+    await workflow_for(tx, wf_id, "viewer")
+    return _read(await WorkflowRepository(tx).get_with_version(wf_id, None))
+
+
+def _read(row) -> dict:
+    return {"id": row["id"], "project_id": row["project_id"], "slug": row["slug"], "name": row["name"],
+            "version": row["version"], "latest_version": row["latest_version"], "definition": row["definition"],
+            "created_at": row["created_at"], "webhook_url": f"/hooks/{row['id']}"}

@@ -1,0 +1,88 @@
+"""`{{ expr }}` templates: JMESPath expressions compiled once, rendered against a run's context."""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import jmespath
+import orjson
+from jmespath.exceptions import JMESPathError
+
+TEMPLATE = re.compile(r"\{\{\s*(.*?)\s*\}\}", re.S)
+_compiled: dict[str, Any] = {}
+
+
+class TemplateError(ValueError):
+    pass
+
+
+def compile_expression(expr: str):
+    parsed = _compiled.get(expr)
+    if parsed is None:
+        try:
+            parsed = jmespath.compile(expr)
+        except JMESPathError as exc:
+            raise TemplateError(f"invalid JMESPath expression {expr!r}: {str(exc).splitlines()[0]}") from None
+        if len(_compiled) < 10_000:
+            _compiled[expr] = parsed
+    return parsed
+
+
+def check_templates(value: Any, path: list[str | int]) -> list[tuple[list[str | int], str]]:
+    """Every template problem inside a config value, with its location."""
+    problems: list[tuple[list[str | int], str]] = []
+    if isinstance(value, str):
+        if "{{" in value:
+            for m in TEMPLATE.finditer(value):
+                if not m.group(1):
+                    problems.append((path, "empty template"))
+                    continue
+                try:
+                    compile_expression(m.group(1))
+                except TemplateError as exc:
+                    problems.append((path, str(exc)))
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            problems += check_templates(v, [*path, k])
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            problems += check_templates(v, [*path, i])
+    return problems
+
+
+def uses_secrets(value: Any) -> bool:
+    if isinstance(value, str):
+        return "{{" in value and "secrets" in value
+    if isinstance(value, dict):
+        return any(uses_secrets(v) for v in value.values())
+    if isinstance(value, list):
+        return any(uses_secrets(v) for v in value)
+    return False
+
+
+def evaluate(expr: str, context: dict) -> Any:
+    return compile_expression(expr).search(context)
+
+
+def render(value: Any, context: dict) -> Any:
+    if isinstance(value, str):
+        if "{{" not in value:
+            return value
+        m = TEMPLATE.fullmatch(value.strip())
+        if m and value.strip().count("{{") == 1:
+            return evaluate(m.group(1), context)
+
+        def sub(match: re.Match) -> str:
+            v = evaluate(match.group(1), context)
+            if isinstance(v, str):
+                return v
+            if v is None:
+                return ""
+            return orjson.dumps(v).decode()
+
+        return TEMPLATE.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: render(v, context) for k, v in value.items()}
+    if isinstance(value, list):
+        return [render(v, context) for v in value]
+    return value
