@@ -1,0 +1,316 @@
+"""Test support: throwaway databases, a local JWKS endpoint, a local "outside world" HTTP
+server, real service processes, and token minting with keys generated per session."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import asyncpg
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+ROOT = Path(__file__).resolve().parents[1]
+HS_SECRET = "test-hs256-secret-that-is-long-enough-for-hmac-0123456789"
+SECRET_KEY = base64.b64encode(b"k" * 32).decode()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------- databases
+def _server_reachable(host="127.0.0.1", port=5432) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def admin_url() -> str:
+    """A URL of a maintenance database: TEST_DATABASE_URL, else 127.0.0.1:5432, else embedded."""
+    if os.environ.get("TEST_DATABASE_URL"):
+        return os.environ["TEST_DATABASE_URL"]
+    if _server_reachable():
+        return "postgresql://postgres@127.0.0.1:5432/postgres"
+    import pgserver
+
+    data = Path(os.environ.get("MESHHOOK_TEST_PGDATA", Path.home() / ".cache/meshhook-test-pg"))
+    data.mkdir(parents=True, exist_ok=True)
+    srv = pgserver.get_server(str(data), cleanup_mode="stop")
+    return srv.get_uri("postgres")
+
+
+def with_database(url: str, name: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+async def create_database(admin: str, name: str) -> str:
+    conn = await asyncpg.connect(admin)
+    try:
+        await conn.execute(f'create database "{name}"')
+    finally:
+        await conn.close()
+    return with_database(admin, name)
+
+
+async def drop_database(admin: str, name: str) -> None:
+    conn = await asyncpg.connect(admin)
+    try:
+        await conn.execute(f'drop database if exists "{name}" with (force)')
+    finally:
+        await conn.close()
+
+
+# ---------------------------------------------------------------- keys and tokens
+@dataclass
+class Keys:
+    ec_key: ec.EllipticCurvePrivateKey = field(default_factory=lambda: ec.generate_private_key(ec.SECP256R1()))
+    rsa_key: rsa.RSAPrivateKey = field(default_factory=lambda: rsa.generate_private_key(65537, 2048))
+    issuer: str = ""
+
+    def jwks(self) -> dict:
+        ec_jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(self.ec_key.public_key()))
+        ec_jwk.update(kid="ec-1", alg="ES256", use="sig")
+        rsa_jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.rsa_key.public_key()))
+        rsa_jwk.update(kid="rsa-1", alg="RS256", use="sig")
+        return {"keys": [ec_jwk, rsa_jwk]}
+
+    def claims(self, sub: str, **over) -> dict:
+        now = int(time.time())
+        c = {"sub": sub, "role": "authenticated", "aud": "authenticated", "iss": self.issuer,
+             "iat": now, "exp": now + 3600, "email": f"{sub[:8]}@example.test"}
+        c.update(over)
+        return {k: v for k, v in c.items() if v is not None}
+
+    def token(self, sub: str, alg: str = "HS256", headers: dict | None = None, **over) -> str:
+        claims = self.claims(sub, **over)
+        if alg == "HS256":
+            return jwt.encode(claims, HS_SECRET, algorithm="HS256", headers=headers)
+        if alg == "ES256":
+            return jwt.encode(claims, self.ec_key, algorithm="ES256", headers={"kid": "ec-1", **(headers or {})})
+        if alg == "RS256":
+            return jwt.encode(claims, self.rsa_key, algorithm="RS256", headers={"kid": "rsa-1", **(headers or {})})
+        raise ValueError(alg)
+
+
+class JwksServer:
+    """Stands in for Supabase's /auth/v1/.well-known/jwks.json on loopback."""
+
+    def __init__(self, keys: Keys):
+        self.keys = keys
+        self.hits = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                if self.path == "/auth/v1/.well-known/jwks.json":
+                    outer.hits += 1
+                    body = json.dumps(outer.keys.jwks()).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                else:
+                    self.send_response(404)
+                    self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+
+
+# ---------------------------------------------------------------- the outside world
+class World:
+    """A local HTTP server for http_call steps. Behaviour is chosen by path:
+
+    /ok/<name>              200 JSON echo of the request (method, headers, query, body)
+    /status/<code>/<name>   that status, JSON {"code": …}
+    /flaky/<name>?fail=N    500 for the first N requests of <name>, then 200
+    /gate/<name>            500 while the gate <name> is closed, 200 once opened (World.open)
+    /slow/<name>?s=0.2      sleeps, then 200 (records start and end times)
+    /big/<name>?kb=300      200 with a JSON body of about that many KiB
+    Every request is recorded with its Idempotency-Key.
+    """
+
+    def __init__(self):
+        self.requests: list[dict] = []
+        self.counts: dict[str, int] = defaultdict(int)
+        self.gates: dict[str, bool] = {}
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _handle(self):
+                from urllib.parse import parse_qs, urlsplit
+
+                parts = urlsplit(self.path)
+                segs = [s for s in parts.path.split("/") if s]
+                q = {k: v[0] for k, v in parse_qs(parts.query).items()}
+                length = int(self.headers.get("content-length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                try:
+                    body = json.loads(raw) if raw else None
+                except ValueError:
+                    body = raw.decode(errors="replace")
+                kind = segs[0] if segs else ""
+                name = segs[-1] if len(segs) > 1 else ""
+                started = time.time()
+                with outer.lock:
+                    outer.counts[name] += 1
+                    n = outer.counts[name]
+                rec = {"kind": kind, "name": name, "method": self.command, "path": parts.path, "query": q,
+                       "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body,
+                       "idempotency_key": self.headers.get("Idempotency-Key"), "n": n, "started": started}
+                status, payload = 200, {"ok": True, "name": name, "n": n}
+                if kind == "ok":
+                    payload = {"method": self.command, "query": q, "body": body, "headers": rec["headers"], "n": n}
+                elif kind == "status":
+                    status = int(segs[1])
+                    payload = {"code": status}
+                elif kind == "flaky":
+                    if n <= int(q.get("fail", "1")):
+                        status = 500
+                elif kind == "gate":
+                    if not outer.gates.get(name, False):
+                        status = 500
+                        payload = {"error": "gate closed"}
+                elif kind == "slow":
+                    time.sleep(float(q.get("s", "0.2")))
+                elif kind == "big":
+                    payload = {"blob": "x" * (int(q.get("kb", "300")) * 1024)}
+                rec["ended"] = time.time()
+                rec["status"] = status
+                with outer.lock:
+                    outer.requests.append(rec)
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+
+            def log_message(self, *a):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def open(self, name: str) -> None:
+        self.gates[name] = True
+
+    def seen(self, name: str) -> list[dict]:
+        with self.lock:
+            return [r for r in self.requests if r["name"] == name]
+
+    def close(self):
+        self.httpd.shutdown()
+
+
+# ---------------------------------------------------------------- service processes
+def service_env(database_url: str, supabase_url: str, **extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MESHHOOK_", "SUPABASE_"))}
+    env.update({
+        "DATABASE_URL": database_url, "SUPABASE_URL": supabase_url, "SUPABASE_JWT_SECRET": HS_SECRET,
+        "MESHHOOK_SECRET_KEY": SECRET_KEY, "MESHHOOK_POLL_INTERVAL_S": "0.5", "MESHHOOK_LEASE_S": "3",
+        "MESHHOOK_LOG_FORMAT": "json", "MESHHOOK_JWKS_MIN_REFETCH_S": "0.5", "PYTHONUNBUFFERED": "1",
+        "MESHHOOK_SHUTDOWN_GRACE_S": "3",
+    })
+    env.update(extra)
+    return env
+
+
+class Proc:
+    def __init__(self, args: list[str], env: dict, log_path: Path):
+        self.log_path = log_path
+        self.log = open(log_path, "ab")
+        self.p = subprocess.Popen([sys.executable, "-m", "app.cli", *args], cwd=ROOT, env=env,
+                                  stdout=self.log, stderr=subprocess.STDOUT)
+
+    def kill(self) -> None:
+        if self.p.poll() is None:
+            self.p.kill()
+            self.p.wait(10)
+
+    def terminate(self, timeout: float = 15) -> int:
+        if self.p.poll() is None:
+            self.p.terminate()
+            try:
+                self.p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait(5)
+        return self.p.returncode
+
+    def text(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+
+def start_api(env: dict, log_path: Path, *, worker: bool = True) -> tuple[Proc, str]:
+    port = free_port()
+    args = ["serve", "--port", str(port)] + ([] if worker else ["--no-worker"])
+    proc = Proc(args, env, log_path)
+    base = f"http://127.0.0.1:{port}"
+    import httpx
+
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if proc.p.poll() is not None:
+            raise RuntimeError(f"service exited: {proc.text()[-3000:]}")
+        try:
+            if httpx.get(base + "/readyz", timeout=1).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"service did not become ready: {proc.text()[-3000:]}")
+
+
+def start_worker(env: dict, log_path: Path, name: str = "w", *extra: str) -> Proc:
+    return Proc(["worker", "--name", name, *extra], env, log_path)
+
+
+async def wait_for(predicate, timeout: float = 15, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = await predicate()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}; last value: {last!r}")
+
+
+def new_user() -> str:
+    return str(uuid.uuid4())
