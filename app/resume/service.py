@@ -23,7 +23,6 @@ from app.auth.jwt import User
 from app.db.engine import Database, Tx
 from app.errors import Conflict, DomainError, Forbidden, NotFound, Unprocessable
 from app.observability.metrics import RESUME_SECONDS, RESUME_TOTAL
-from app.projects.repository import ProjectRepository
 from app.projects.service import RANK
 from app.resume.plan import RESUMABLE_RUN, ResumePlan, build_resume_plan, eligible_steps
 from app.resume.repository import IdempotencyRepository
@@ -105,16 +104,15 @@ class _Replay(Exception):
 async def _resume_tx(tx: Tx, user: User, run_id: uuid.UUID, req: ResumeRequest, idem_key: str | None,
                      facts: RequestFacts, ctx: dict) -> dict:
     repo = RunRepository(tx)
-    # The parent's row lock serializes concurrent resumes of one run: the second sees the first's child.
-    run = await repo.get(run_id, for_update=True)
-    if run is None:
+    seen = await repo.get_with_role(run_id)
+    if seen is None or seen["caller_role"] is None:
         raise NotFound("No such run.")
-    ctx["project_id"] = run["project_id"]
-    role = await ProjectRepository(tx).role_of_caller(run["project_id"])
-    if role is None:
-        raise NotFound("No such run.")
+    ctx["project_id"] = seen["project_id"]
+    role = seen["caller_role"]
     if RANK[role] < RANK["editor"]:
         raise Forbidden(f"Resuming needs the editor or owner role; you are {role}.")
+    # The parent's row lock serializes concurrent resumes of one run: the second sees the first's child.
+    run = await repo.get(run_id, for_update=True)
     scope = f"POST /runs/{run_id}/resume"
     req_hash = _hash(req)
     if idem_key is not None:

@@ -59,6 +59,12 @@ class RunRepository:
         if keys:
             await self.tx.execute(_COPY_STEPS, new_run_id, parent_run_id, keys, positions)
 
+    async def get_with_role(self, run_id: uuid.UUID):
+        """The run (if visible under RLS) and the caller's role in its project, in one round trip."""
+        return await self.tx.fetchrow(
+            f"select {RUN_COLUMNS}, (select m.role from project_members m where m.project_id = r.project_id"
+            " and m.user_id = (select auth.uid())) as caller_role from runs r where r.id = $1", run_id)
+
     async def get(self, run_id: uuid.UUID, *, for_update: bool = False):
         return await self.tx.fetchrow(f"select {RUN_COLUMNS} from runs where id = $1"
                                       + (" for update" if for_update else ""), run_id)

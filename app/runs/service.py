@@ -48,11 +48,13 @@ async def start_run(tx: Tx, user: User, wf_id: uuid.UUID, input_: dict, version:
 async def run_for(tx: Tx, run_id: uuid.UUID, min_role: str, *, for_update: bool = False):
     """The run if the caller may act on it: 404 when invisible under RLS or not a member, 403 if the role is too low."""
     repo = RunRepository(tx)
-    run = await repo.get(run_id, for_update=for_update and min_role != "viewer")
+    run = await repo.get_with_role(run_id)
     if run is None:
         raise NotFound("No such run.")
-    role = await ProjectRepository(tx).role_of_caller(run["project_id"])
-    check_role(role, min_role, "run")
+    check_role(run["caller_role"], min_role, "run")
+    if for_update:
+        # Row locks need the UPDATE policy (editor+), so lock only after the role check.
+        run = await repo.get(run_id, for_update=True)
     return run
 
 
