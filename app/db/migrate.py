@@ -7,6 +7,8 @@ from alembic import command
 from alembic.config import Config
 
 ROOT = Path(__file__).resolve().parents[2]
+if not (ROOT / "alembic.ini").exists():  # installed as a wheel: the image keeps them in the work dir
+    ROOT = Path.cwd()
 
 
 def alembic_config(database_url: str) -> Config:
