@@ -61,6 +61,20 @@ async def init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
+def _literal(text: str) -> str:
+    """A SQL string literal; an E'' literal escapes the same way whatever standard_conforming_strings says."""
+    if "\x00" in text:
+        raise ValueError("NUL in SQL literal")
+    return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def _begin_sql(claims_json: str | None) -> str:
+    if claims_json is None:
+        return "BEGIN"
+    return ("BEGIN; SELECT set_config('role', 'authenticated', true), "
+            f"set_config('request.jwt.claims', {_literal(claims_json)}, true)")
+
+
 class Tx:
     """The connection of one open transaction. Repositories are built from it."""
 
@@ -126,23 +140,18 @@ class Database:
         try:
             fairy = await sa_conn.get_raw_connection()
             raw: asyncpg.Connection = fairy.driver_connection
-            tr = raw.transaction()
             try:
-                await tr.start()
-                if claims_json is not None:
-                    await raw.execute(
-                        "select set_config('role', 'authenticated', true),"
-                        " set_config('request.jwt.claims', $1, true)",
-                        claims_json,
-                    )
+                # One round trip opens the transaction and, for a user, switches to the
+                # `authenticated` role with the verified claims (simple-query protocol).
+                await raw.execute(_begin_sql(claims_json))
                 yield Tx(raw)
             except BaseException:
-                if not raw.is_closed():
+                if not raw.is_closed() and raw.is_in_transaction():
                     with contextlib.suppress(Exception):
-                        await tr.rollback()
+                        await raw.execute("ROLLBACK")
                 raise
             else:
-                await tr.commit()
+                await raw.execute("COMMIT")
         except _UNAVAILABLE as exc:
             with contextlib.suppress(Exception):
                 await sa_conn.invalidate()

@@ -26,3 +26,67 @@ class IdempotencyRepository:
             " status_code = excluded.status_code, response = excluded.response, created_at = now()"
             " where idempotency_records.created_at <= now() - interval '24 hours'",
             user_id, scope, key, request_hash, status_code, response)
+
+
+# The parent, locked, with its step statuses and any active child, in one round trip. The lock
+# serializes concurrent resumes of a run; the unique index uq_runs_one_active_child backs it up.
+_LOCK_PARENT = """
+select r.id, r.project_id, r.workflow_id, r.workflow_version, r.status, r.input, r.root_run_id,
+       (select coalesce(array_agg(s.step_key), '{}') from step_runs s where s.run_id = r.id) as step_keys,
+       (select coalesce(array_agg(s.status), '{}') from step_runs s where s.run_id = r.id) as step_statuses,
+       (select c.id from runs c where c.parent_run_id = r.id and c.status in ('queued', 'running') limit 1)
+         as active_child
+from runs r where r.id = $1 for update of r
+"""
+
+# Everything a resume writes, in one statement: the run, its pending steps, the reused steps
+# copied with identical outputs, the events on child and parent, the audit row and the wake-up.
+_WRITE_RESUME = """
+with r as (
+  insert into runs (id, project_id, workflow_id, workflow_version, status, trigger, input, parent_run_id,
+                    root_run_id, resumed_from_step, resume_reason, created_by)
+  values ($1::uuid, $2::uuid, $3, $4, 'queued', 'resume', $5, $6::uuid, $7, $8::text, $9::text, $10::uuid)
+  returning created_at
+), pend as (
+  insert into step_runs (id, run_id, project_id, step_key, step_type, position, status)
+  select gen_random_uuid(), $1::uuid, $2::uuid, u.k, u.t, u.p, 'pending'
+  from unnest($11::text[], $12::text[], $13::int[]) as u(k, t, p)
+), cp as (
+  insert into step_runs (id, run_id, project_id, step_key, step_type, position, status, attempt, input, output,
+                         output_truncated, attempts, started_at, finished_at, reused_from)
+  select gen_random_uuid(), $1::uuid, s.project_id, s.step_key, s.step_type, u.p, 'succeeded', s.attempt, s.input,
+         s.output, s.output_truncated, s.attempts, s.started_at, s.finished_at, s.id
+  from step_runs s join unnest($14::text[], $15::int[]) as u(k, p) on u.k = s.step_key
+  where s.run_id = $6::uuid
+  returning id, step_key, step_type, position, status, attempt, input, output, output_truncated, error,
+            started_at, finished_at, reused_from
+), ev as (
+  insert into run_events (run_id, project_id, type, step_key, payload)
+  values ($1::uuid, $2::uuid, 'run_queued', null, $16::jsonb), ($1::uuid, $2::uuid, 'run_resumed', $8::text, $17::jsonb),
+         ($6::uuid, $2::uuid, 'run_resumed', $8::text, $18::jsonb)
+), au as (
+  insert into audit_log (action, outcome, actor_id, project_id, run_id, step_key, new_run_id, reason, status_code,
+                         request_id, ip, user_agent, detail)
+  values ('run.resume', 'accepted', $10::uuid, $2::uuid, $6::uuid, $8::text, $1::uuid, $9::text, 202, $19, $20, $21, $22)
+)
+select r.created_at, n.woke, cp.id, cp.step_key, cp.step_type, cp.position, cp.status, cp.attempt, cp.input,
+       cp.output, cp.output_truncated, cp.error, cp.started_at, cp.finished_at, cp.reused_from
+from r cross join (select pg_notify('meshhook_runs', $1::text) as woke) n left join cp on true
+"""
+
+
+class ResumeRepository:
+    def __init__(self, tx: Tx):
+        self.tx = tx
+
+    async def lock_parent(self, run_id: uuid.UUID):
+        return await self.tx.fetchrow(_LOCK_PARENT, run_id)
+
+    async def write(self, *, new_id, parent, version: int, input, from_step: str, reason, actor,
+                    pending: tuple[list, list, list], reuse_keys: list[str], reuse_positions: list[int],
+                    child_payload: dict, parent_payload: dict, request_id, ip, user_agent, audit_detail: dict):
+        return await self.tx.fetch(
+            _WRITE_RESUME, new_id, parent["project_id"], parent["workflow_id"], version, input, parent["id"],
+            parent["root_run_id"] or parent["id"], from_step, reason, actor, pending[0], pending[1], pending[2],
+            reuse_keys, reuse_positions, {"parent_run_id": str(parent["id"])}, child_payload, parent_payload,
+            request_id, ip, user_agent, audit_detail)

@@ -25,10 +25,10 @@ from app.errors import Conflict, DomainError, Forbidden, NotFound, Unprocessable
 from app.observability.metrics import RESUME_SECONDS, RESUME_TOTAL
 from app.projects.service import RANK
 from app.resume.plan import RESUMABLE_RUN, ResumePlan, build_resume_plan, eligible_steps
-from app.resume.repository import IdempotencyRepository
+from app.resume.repository import IdempotencyRepository, ResumeRepository
 from app.resume.schemas import ResumeRequest
 from app.runs.repository import RunRepository
-from app.runs.service import pending_rows, run_for, run_view
+from app.runs.service import pending_rows, run_for, step_dict
 from app.workflows.repository import WorkflowRepository
 from app.workflows.service import dag_cache
 
@@ -111,8 +111,10 @@ async def _resume_tx(tx: Tx, user: User, run_id: uuid.UUID, req: ResumeRequest, 
     role = seen["caller_role"]
     if RANK[role] < RANK["editor"]:
         raise Forbidden(f"Resuming needs the editor or owner role; you are {role}.")
-    # The parent's row lock serializes concurrent resumes of one run: the second sees the first's child.
-    run = await repo.get(run_id, for_update=True)
+    # The parent's row lock serializes concurrent resumes of one run. A child committed while we
+    # waited for the lock may be missed by this statement's snapshot; the unique index then refuses
+    # our insert and the caller gets the same 409 (see `resume`).
+    run = await ResumeRepository(tx).lock_parent(run_id)
     scope = f"POST /runs/{run_id}/resume"
     req_hash = _hash(req)
     if idem_key is not None:
@@ -123,39 +125,50 @@ async def _resume_tx(tx: Tx, user: User, run_id: uuid.UUID, req: ResumeRequest, 
                                     errors=[{"loc": ["header", "idempotency-key"], "msg": "reused with another body"}])
             ctx["replay"] = True
             raise _Replay(prior["status_code"], prior["response"])
-    statuses = {r["step_key"]: r["status"] for r in await repo.step_statuses(run_id)}
+    statuses = dict(zip(run["step_keys"], run["step_statuses"]))
     plan, version, _old_dag, new_dag = await _plan_for(tx, run, statuses, req.from_step, req.workflow_version)
-    active = await repo.active_child(run_id)
-    if active is not None:
-        raise Conflict("A resumed run of this run is already queued or running.", active_run_id=str(active))
+    if run["active_child"] is not None:
+        raise Conflict("A resumed run of this run is already queued or running.",
+                       active_run_id=str(run["active_child"]))
 
     new_id = uuid.uuid4()
     ctx["new_run_id"] = new_id
     reuse = set(plan.reuse)
     positions = {k: i for i, k in enumerate(new_dag.order)}
-    await repo.insert_run(
-        run_id=new_id, project_id=run["project_id"], workflow_id=run["workflow_id"], version=version,
-        trigger="resume", input=req.input if req.input is not None else run["input"], parent_run_id=run_id,
-        root_run_id=run["root_run_id"] or run_id, resumed_from_step=req.from_step, resume_reason=req.reason,
-        created_by=user.id, pending=pending_rows(new_dag, reuse),
-        event_payload={"parent_run_id": str(run_id)})
-    await repo.copy_steps(new_id, run_id, plan.reuse, [positions[k] for k in plan.reuse])
+    pending = pending_rows(new_dag, reuse)
     summary = {"from_step": req.from_step, "reused": plan.reuse, "rerun": plan.rerun, "workflow_version": version}
-    await repo.add_event(new_id, run["project_id"], "run_resumed", req.from_step,
-                         {"parent_run_id": str(run_id), **summary})
-    await repo.add_event(run_id, run["project_id"], "run_resumed", req.from_step,
-                         {"child_run_id": str(new_id), **summary})
-    await AuditRepository(tx).insert(
-        action=ACTION, outcome="accepted", actor_id=user.id, project_id=run["project_id"], run_id=run_id,
-        step_key=req.from_step, new_run_id=new_id, reason=req.reason, status_code=202,
+    new_input = req.input if req.input is not None else run["input"]
+    rows = await ResumeRepository(tx).write(
+        new_id=new_id, parent=run, version=version, input=new_input, from_step=req.from_step, reason=req.reason,
+        actor=user.id, pending=pending, reuse_keys=plan.reuse, reuse_positions=[positions[k] for k in plan.reuse],
+        child_payload={"parent_run_id": str(run_id), **summary}, parent_payload={"child_run_id": str(new_id), **summary},
         request_id=facts.request_id, ip=facts.ip, user_agent=facts.user_agent,
-        detail={"workflow_version": version, "reused": len(plan.reuse), "rerun": len(plan.rerun),
-                "idempotency_key": idem_key is not None})
-    body = await run_view(tx, new_id)
+        audit_detail={"workflow_version": version, "reused": len(plan.reuse), "rerun": len(plan.rerun),
+                      "idempotency_key": idem_key is not None})
+    body = _new_run_view(new_id, run, version, new_input, req, user, rows, pending)
     if idem_key is not None:
         await IdempotencyRepository(tx).put(user.id, scope, idem_key, req_hash, 202,
                                             orjson.loads(orjson.dumps(body, default=str)))
     return body
+
+
+def _new_run_view(new_id, parent, version, new_input, req: ResumeRequest, user: User, rows, pending) -> dict:
+    """The 202 body (the shape of GET /runs/{id}) from what the write returned, without reading it back."""
+    steps = []
+    for r in rows:
+        if r["step_key"] is not None:
+            steps.append((r["position"], step_dict(r, set())))
+    for key, typ, pos in zip(*pending):
+        steps.append((pos, {"key": key, "type": typ, "status": "pending", "attempt": 0, "input": None,
+                            "output": None, "output_truncated": False, "error": None, "started_at": None,
+                            "finished_at": None, "reused_from": None, "eligible_for_resume": False}))
+    steps.sort(key=lambda p: p[0])
+    return {"id": new_id, "project_id": parent["project_id"], "workflow_id": parent["workflow_id"],
+            "workflow_version": version, "status": "queued", "trigger": "resume", "input": new_input, "error": None,
+            "parent_run_id": parent["id"], "root_run_id": parent["root_run_id"] or parent["id"],
+            "resumed_from_step": req.from_step, "created_by": user.id, "created_at": rows[0]["created_at"],
+            "started_at": None, "finished_at": None, "steps": [s for _, s in steps], "resumed_runs": [],
+            "eligible_steps": []}
 
 
 async def resume(db: Database, user: User, run_id: uuid.UUID, raw_body: bytes, idem_key: str | None,
