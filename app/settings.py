@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import base64
 from functools import lru_cache
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     secret_key: str | None = None  # base64 of 32 bytes, AES-256-GCM for secrets at rest
     data_dir: str | None = None  # embedded Postgres data and generated keys
 
-    cors_origins: list[str] = Field(default_factory=list)
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_format: Literal["json", "text"] = "json"
     log_level: str = "INFO"
 
@@ -95,14 +95,20 @@ class SettingsError(SystemExit):
 
 def load_settings() -> Settings:
     from pydantic import ValidationError
+    from pydantic_settings.exceptions import SettingsError as _SourceError
 
     try:
         return Settings()
+    except _SourceError as exc:  # a value that could not even be parsed (e.g. bad JSON)
+        raise SettingsError(f"meshhook: invalid configuration: {exc}") from None
     except ValidationError as exc:
         parts = []
         for err in exc.errors():
-            name = ".".join(str(p) for p in err["loc"]) or "settings"
-            parts.append(f"{name.upper() if name.islower() else name}: {err['msg']}")
+            field = str(err["loc"][0]) if err["loc"] else "settings"
+            info = Settings.model_fields.get(field)
+            alias = getattr(info, "validation_alias", None) if info else None
+            env = alias.choices[0] if alias is not None and hasattr(alias, "choices") else f"MESHHOOK_{field.upper()}"
+            parts.append(f"{env}: {err['msg']}")
         raise SettingsError("meshhook: invalid configuration: " + "; ".join(parts)) from None
 
 

@@ -101,6 +101,9 @@ create table secrets (
   constraint pk_secrets primary key (project_id, name)
 );
 
+-- Child rows carry their parent's project_id and composite foreign keys pin it to the
+-- parent's, so a policy check on project_id also covers the parent: an editor of one project
+-- cannot attach a run, version, step or event to another tenant's workflow or run.
 create table workflows (
   id uuid primary key,
   project_id uuid not null references projects(id) on delete cascade,
@@ -111,17 +114,19 @@ create table workflows (
   latest_version int not null default 0,
   created_by uuid,
   created_at timestamptz not null default now(),
-  constraint uq_workflows_project_slug unique (project_id, slug)
+  constraint uq_workflows_project_slug unique (project_id, slug),
+  constraint uq_workflows_id_project unique (id, project_id)
 );
 
 create table workflow_versions (
-  workflow_id uuid not null references workflows(id),
+  workflow_id uuid not null,
   project_id uuid not null references projects(id),
   version int not null check (version >= 1),
   definition jsonb not null,
   created_by uuid,
   created_at timestamptz not null default now(),
-  constraint pk_workflow_versions primary key (workflow_id, version)
+  constraint pk_workflow_versions primary key (workflow_id, version),
+  constraint fk_workflow_versions_workflow foreign key (workflow_id, project_id) references workflows (id, project_id)
 );
 
 create function meshhook_immutable() returns trigger language plpgsql as $$
@@ -134,13 +139,13 @@ create trigger trg_workflow_versions_immutable before update or delete on workfl
 create table runs (
   id uuid primary key,
   project_id uuid not null references projects(id),
-  workflow_id uuid not null references workflows(id),
+  workflow_id uuid not null,
   workflow_version int not null,
   status text not null check (status in ('queued', 'running', 'paused', 'succeeded', 'failed', 'cancelled')),
   trigger text not null check (trigger in ('api', 'webhook', 'resume')),
   input jsonb not null default '{}'::jsonb,
   error jsonb,
-  parent_run_id uuid references runs(id),
+  parent_run_id uuid,
   root_run_id uuid not null,
   resumed_from_step text,
   resume_reason text,
@@ -154,13 +159,18 @@ create table runs (
   started_at timestamptz,
   finished_at timestamptz,
   updated_at timestamptz not null default clock_timestamp(),
-  constraint fk_runs_version foreign key (workflow_id, workflow_version) references workflow_versions (workflow_id, version)
+  constraint uq_runs_id_project unique (id, project_id),
+  constraint fk_runs_version foreign key (workflow_id, workflow_version) references workflow_versions (workflow_id, version),
+  constraint fk_runs_workflow foreign key (workflow_id, project_id) references workflows (id, project_id),
+  constraint fk_runs_parent foreign key (parent_run_id, project_id) references runs (id, project_id),
+  constraint fk_runs_root foreign key (root_run_id, project_id) references runs (id, project_id)
 );
 -- A double click can never start two resumed runs of one parent.
 create unique index uq_runs_one_active_child on runs (parent_run_id)
   where parent_run_id is not null and status in ('queued', 'running');
 create unique index uq_runs_delivery on runs (workflow_id, delivery_id) where delivery_id is not null;
 create index ix_runs_project_created on runs (project_id, created_at desc, id desc);
+create index ix_runs_created on runs (created_at desc, id desc);
 create index ix_runs_workflow_created on runs (workflow_id, created_at desc, id desc);
 create index ix_runs_project_status_created on runs (project_id, status, created_at desc, id desc);
 create index ix_runs_parent on runs (parent_run_id) where parent_run_id is not null;
@@ -169,7 +179,7 @@ create index ix_runs_claimable on runs (wake_at nulls first, created_at) where s
 
 create table step_runs (
   id uuid primary key,
-  run_id uuid not null references runs(id) on delete cascade,
+  run_id uuid not null,
   project_id uuid not null,
   step_key text not null,
   step_type text not null,
@@ -185,17 +195,19 @@ create table step_runs (
   started_at timestamptz,
   finished_at timestamptz,
   reused_from uuid,
-  constraint uq_step_runs_run_key unique (run_id, step_key)
+  constraint uq_step_runs_run_key unique (run_id, step_key),
+  constraint fk_step_runs_run foreign key (run_id, project_id) references runs (id, project_id) on delete cascade
 );
 
 create table run_events (
   id bigint generated always as identity primary key,
-  run_id uuid not null references runs(id) on delete cascade,
+  run_id uuid not null,
   project_id uuid not null,
   type text not null,
   step_key text,
   payload jsonb not null default '{}'::jsonb,
-  at timestamptz not null default clock_timestamp()
+  at timestamptz not null default clock_timestamp(),
+  constraint fk_run_events_run foreign key (run_id, project_id) references runs (id, project_id) on delete cascade
 );
 create index ix_run_events_run on run_events (run_id, id);
 
