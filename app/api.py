@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict
 
 from app.db.engine import Database
@@ -13,8 +14,8 @@ from app.secrets.crypto import Cipher  # noqa: F401 - used in an annotation
 class Problem(BaseModel):
     """RFC 9457 problem details, shared by every error response."""
     model_config = ConfigDict(extra="allow", json_schema_extra={
-        "example": {"type": "https://meshhook.dev/problems/not-found", "title": "Not found", "status": 404,
-                    "detail": "No such run.", "instance": "/runs/8c1d…", "request_id": "5f0c…"}})
+        "examples": [{"type": "https://meshhook.dev/problems/not-found", "title": "Not found", "status": 404,
+                    "detail": "No such run.", "instance": "/runs/8c1d…", "request_id": "5f0c…"}]})
     type: str
     title: str
     status: int
@@ -34,10 +35,27 @@ _DESCRIPTIONS = {
 }
 
 
+_HEADERS = {
+    401: {"WWW-Authenticate": {"description": "`Bearer error=\"invalid_token\"`", "schema": {"type": "string"}}},
+    503: {"Retry-After": {"description": "Seconds to wait before retrying", "schema": {"type": "string"}}},
+}
+
+
 def errors_for(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {c: {"model": Problem, "description": _DESCRIPTIONS[c],
-                "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
-            for c in codes}
+    """Documented error responses: problem+json only (no `model`, which would add an application/json twin);
+    app.main adds the `Problem` schema to the spec's components."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for c in codes:
+        out[c] = {"description": _DESCRIPTIONS[c],
+                  "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+        if c in _HEADERS:
+            out[c]["headers"] = _HEADERS[c]
+    return out
+
+
+# Documents `Authorization: Bearer <jwt>` in the spec; app.auth.dependencies.current_user verifies it.
+bearer_scheme = HTTPBearer(auto_error=False, scheme_name="bearerAuth", bearerFormat="JWT",
+                           description="A Supabase access token (ES256/RS256 via JWKS, or legacy HS256).")
 
 
 def get_db(request: Request) -> Database:

@@ -97,6 +97,17 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     return out
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    from starlette.routing import Match
+
+    allowed = []
+    for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return allowed
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def _domain(request: Request, exc: DomainError):
@@ -109,9 +120,17 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 400 and exc.__cause__ is not None:
+            # FastAPI answers 400 when a body cannot even be decoded (e.g. not UTF-8); report it like any
+            # other malformed body, as the documented 422.
+            return problem_response(request, 422, "Unprocessable entity", "The body is not valid JSON.",
+                                    "validation", errors=[{"loc": ["body"], "msg": "invalid JSON", "type": "json_invalid"}])
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # The router names only the first route that matched the path; list every method it serves.
+            headers["Allow"] = ", ".join(_allowed_methods(request)) or headers.get("Allow", "")
         code, title = _HTTP_CODES.get(exc.status_code, ("error", "Error"))
-        return problem_response(request, exc.status_code, title, str(exc.detail or title), code,
-                                dict(exc.headers or {}))
+        return problem_response(request, exc.status_code, title, str(exc.detail or title), code, headers)
 
     @app.exception_handler(asyncpg.exceptions.UniqueViolationError)
     async def _unique(request: Request, exc: Exception):

@@ -5,12 +5,12 @@ import contextlib
 import logging
 
 import httpx
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Security
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.api import Problem, errors_for
+from app.api import Problem, bearer_scheme, errors_for
 from app.auth.jwt import TokenVerifier
 from app.db.engine import Database
 from app.errors import DatabaseUnavailable, install_error_handlers
@@ -25,6 +25,17 @@ DESCRIPTION = """MeshHook engine service: durable webhook-driven workflows on Po
 
 Authenticate with a Supabase access token: `Authorization: Bearer <jwt>`. Every error is
 RFC 9457 `application/problem+json` with a `request_id`."""
+
+
+OPENAPI_TAGS = [
+    {"name": "projects", "description": "Projects (the tenant), their members and encrypted secrets."},
+    {"name": "workflows", "description": "Workflow definitions and their immutable versions."},
+    {"name": "runs", "description": "Start, list and inspect runs, their steps, lineage and events; cancel or pause."},
+    {"name": "resume", "description": "Resume a failed, paused or cancelled run from a chosen step, or preview it."},
+    {"name": "hooks", "description": "Signed webhook deliveries that start runs (no bearer token)."},
+    {"name": "audit", "description": "The append-only audit log of a project (owners only)."},
+    {"name": "health", "description": "Liveness, readiness and Prometheus metrics (no bearer token)."},
+]
 
 
 def create_app(settings: Settings | None = None, *, database_url: str | None = None,
@@ -70,8 +81,7 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
 
     app = FastAPI(title="MeshHook engine service", version="0.1.0", description=DESCRIPTION,
                   lifespan=lifespan,
-                  openapi_tags=[{"name": "projects"}, {"name": "workflows"}, {"name": "runs"},
-                                {"name": "resume"}, {"name": "hooks"}, {"name": "audit"}, {"name": "health"}])
+                  openapi_tags=OPENAPI_TAGS)
     app.state.settings = settings
     install_error_handlers(app)
 
@@ -82,8 +92,10 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
     from app.runs.router import router as runs_router
     from app.workflows.router import router as workflows_router
 
-    for r in (projects_router, workflows_router, runs_router, resume_router, hooks_router, audit_router):
-        app.include_router(r)
+    # bearer_scheme only documents the security scheme (CurrentUser does the checking); hooks are signed instead.
+    for r in (projects_router, workflows_router, runs_router, resume_router, audit_router):
+        app.include_router(r, dependencies=[Security(bearer_scheme)])
+    app.include_router(hooks_router)
 
     @app.get("/healthz", tags=["health"], operation_id="health-live", summary="Liveness")
     async def healthz():
@@ -112,8 +124,24 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
     def openapi():
         if app.openapi_schema:
             return app.openapi_schema
+        from app.resume.schemas import ResumeRequest
+
         schema = _orig_openapi()
-        schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = Problem.model_json_schema()
+        components = schema.setdefault("components", {})
+        schemas = components.setdefault("schemas", {})
+        schemas["Problem"] = Problem.model_json_schema()
+        # The resume route reads its raw body (so malformed requests are audited too) and
+        # refers to this schema through openapi_extra.
+        schemas["ResumeRequest"] = ResumeRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+        # The body-size middleware can answer 413 to any request that carries a body.
+        too_large = errors_for(413)[413]
+        for ops in schema["paths"].values():
+            for op in ops.values():
+                if "requestBody" in op:
+                    op["responses"].setdefault("413", too_large)
+                    op["responses"] = dict(sorted(op["responses"].items()))
+        components["schemas"] = dict(sorted(schemas.items()))
+        app.openapi_schema = schema
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]

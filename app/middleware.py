@@ -6,6 +6,7 @@ import time
 import uuid
 
 import orjson
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.observability.logging import request_id_var
 from app.observability.metrics import HTTP_REQUESTS
@@ -60,7 +61,7 @@ class RequestContextMiddleware:
                 if message["type"] == "http.request":
                     received += len(message.get("body", b""))
                     if received > limit:
-                        raise _BodyTooLarge()
+                        raise _BodyTooLarge(limit)
                 return message
 
             try:
@@ -86,5 +87,9 @@ class RequestContextMiddleware:
         await send({"type": "http.response.body", "body": body})
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _BodyTooLarge(StarletteHTTPException):
+    """An HTTPException, so that FastAPI's body parsing re-raises it (it turns other errors into a 400)
+    and the problem+json handler answers 413."""
+
+    def __init__(self, limit: int):
+        super().__init__(413, f"The request body exceeds {limit} bytes.", headers={"Connection": "close"})

@@ -107,7 +107,12 @@ def load_settings() -> Settings:
             field = str(err["loc"][0]) if err["loc"] else "settings"
             info = Settings.model_fields.get(field)
             alias = getattr(info, "validation_alias", None) if info else None
-            env = alias.choices[0] if alias is not None and hasattr(alias, "choices") else f"MESHHOOK_{field.upper()}"
+            if field.isupper():
+                env = field  # already the variable's name (an alias such as DATABASE_URL)
+            elif alias is not None and hasattr(alias, "choices"):
+                env = alias.choices[0]
+            else:
+                env = f"MESHHOOK_{field.upper()}"
             parts.append(f"{env}: {err['msg']}")
         raise SettingsError("meshhook: invalid configuration: " + "; ".join(parts)) from None
 

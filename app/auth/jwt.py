@@ -144,10 +144,15 @@ class TokenVerifier:
             raise Unauthorized("The token is not valid.") from None
 
     def _user(self, claims: dict[str, Any]) -> User:
+        sub = claims.get("sub")
         try:
-            uid = uuid.UUID(str(claims.get("sub")))
+            uid = uuid.UUID(sub) if isinstance(sub, str) else None
         except ValueError:
-            raise Unauthorized("The token's subject is not a user id.") from None
+            uid = None
+        # Only the canonical 8-4-4-4-12 form: Python also parses "urn:uuid:…" and "{…}", which
+        # Postgres' auth.uid() cannot cast, so such a token would fail later as a 4xx/5xx.
+        if uid is None or str(uid) != sub.lower():
+            raise Unauthorized("The token's subject is not a user id.")
         if claims.get("role") != "authenticated":
             raise Unauthorized("The token's role is not 'authenticated'.")
         return User(uid, claims)

@@ -178,14 +178,18 @@ class RunDriver:
         t0 = time.perf_counter()
         ctx = self.context(None)
         ctx["_step_key"] = key
-        if step.type == "pause":
-            outcome = pause.execute(step.config, ctx, self.run)
-        else:
-            outcome = PURE[step.type](step.config, ctx)
+        try:
+            if step.type == "pause":
+                outcome = pause.execute(step.config, ctx, self.run)
+            else:
+                outcome = PURE[step.type](step.config, ctx)
+        except Exception as exc:  # noqa: BLE001 - a step that blows up fails itself, never the worker (no crash loop)
+            outcome = StepOutcome("failed", error={"type": "step_error",
+                                                   "message": (str(exc).splitlines() or [type(exc).__name__])[0][:500]})
         self.attempt[key] = self.attempt.get(key, 0) + 1
         self.stage(key, "running", started=now, event="step_started", payload={"attempt": self.attempt[key]})
         self._settle(key, outcome, now, t0)
-        if step.type == "terminate":
+        if step.type == "terminate" and outcome.output is not None:
             self.terminated = (step.config["status"], outcome.output.get("message") if outcome.output else None)
 
     def _settle(self, key: str, outcome: StepOutcome, started: datetime, t0: float, *,
@@ -198,7 +202,8 @@ class RunDriver:
         if outcome.status == "failed":
             self.failed_any = True
         if outcome.status == "succeeded":
-            self.outputs[key] = outcome.output
+            # Downstream steps see what is stored (secrets redacted), as a resumed run would.
+            self.outputs[key] = output
         entry = {"attempt": self.attempt.get(key, 0), "status": outcome.status,
                  "started_at": started.isoformat(), "finished_at": finished.isoformat()}
         if error:
@@ -239,7 +244,13 @@ class RunDriver:
                 self.attempt[key] += 1
                 await self.flush()
 
-            outcome = await http_call.execute(self.w.http, config, f"{self.run_id}:{key}", on_retry)
+            try:
+                outcome = await http_call.execute(self.w.http, config, f"{self.run_id}:{key}", on_retry)
+            except (LeaseLost, asyncio.CancelledError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - e.g. an invalid rendered URL: fail the step, not the worker
+                outcome = StepOutcome("failed", error=redact({"type": "request_error", "message": (
+                    str(exc).splitlines() or [type(exc).__name__])[0][:500]}, secret_values))
             self._settle(key, outcome, started, t0, secret_values=secret_values)
             await self.flush()
 
@@ -286,6 +297,13 @@ class RunDriver:
                         self.inflight.pop(task, None)
                         task.result()  # LeaseLost and bugs propagate
                     continue
+                if self.w.stopping:
+                    # SIGTERM: nothing is in flight any more; hand the run back at once (durably,
+                    # delays included) instead of settling it half-done.
+                    await self.flush()
+                    async with self.w.db.service_scope() as tx:
+                        await EngineRepository(tx).release(self.w.id, [self.run_id], notify=True)
+                    return
                 if self.sleeping and self._may_start():
                     wait = self._next_wake_in()
                     if wait is not None and wait > SHORT_DELAY_S:
@@ -306,7 +324,7 @@ class RunDriver:
                     await task
 
     def _may_start(self) -> bool:
-        return self.stop_reason is None and self.terminated is None and not self.failed_any
+        return self.stop_reason is None and self.terminated is None and not self.failed_any and not self.w.stopping
 
     def _next_wake_in(self) -> float | None:
         if not self.sleeping:

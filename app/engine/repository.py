@@ -95,7 +95,10 @@ class EngineRepository:
             "update runs set lease_expires_at = clock_timestamp() + make_interval(secs => $3)"
             " where lease_owner = $1 and id = any($2::uuid[]) and status = 'running'", owner, run_ids, lease_s)
 
-    async def release(self, owner: str, run_ids: list[uuid.UUID]) -> None:
+    async def release(self, owner: str, run_ids: list[uuid.UUID], *, notify: bool = False) -> None:
+        """Hand runs back. `notify` (shutdown) lets another worker take them now rather than at its
+        next poll; a crashed driver's run is not announced, so a poison run cannot spin hot."""
         await self.tx.execute(
-            "update runs set lease_owner = null, lease_expires_at = null, updated_at = clock_timestamp()"
-            " where lease_owner = $1 and id = any($2::uuid[]) and status = 'running'", owner, run_ids)
+            "with u as (update runs set lease_owner = null, lease_expires_at = null, updated_at = clock_timestamp()"
+            " where lease_owner = $1 and id = any($2::uuid[]) and status = 'running' returning id)"
+            " select pg_notify('meshhook_runs', id::text) from u where $3", owner, run_ids, notify)

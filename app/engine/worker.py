@@ -81,7 +81,7 @@ class Worker:
         if leftover:
             with contextlib.suppress(Exception):
                 async with self.db.service_scope() as tx:
-                    await EngineRepository(tx).release(self.id, leftover)
+                    await EngineRepository(tx).release(self.id, leftover, notify=True)
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -90,6 +90,11 @@ class Worker:
         await self.http.aclose()
         await self.db.dispose()
         log.info("worker stopped", extra={"worker": self.id, "released": len(leftover)})
+
+    @property
+    def stopping(self) -> bool:
+        """Set by SIGTERM: drivers start no new step and hand their runs back."""
+        return self._stopping
 
     def wake_later(self, delay_s: float) -> None:
         asyncio.get_running_loop().call_later(delay_s + 0.01, self._wake.set)

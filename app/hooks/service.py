@@ -14,6 +14,7 @@ from app.errors import Unauthorized, Unprocessable
 from app.runs.repository import RunRepository
 from app.runs.service import pending_rows
 from app.secrets.crypto import Cipher
+from app.storable import check_json
 from app.workflows.repository import WorkflowRepository
 from app.workflows.service import dag_cache, webhook_context
 
@@ -45,6 +46,10 @@ async def accept_hook(db: Database, cipher: Cipher, wf_id: uuid.UUID, body: byte
             payload = orjson.loads(body) if body.strip() else {}
         except orjson.JSONDecodeError:
             raise Unprocessable("The body is not valid JSON.", errors=[{"loc": ["body"], "msg": "invalid JSON"}]) from None
+        try:
+            check_json(payload)
+        except ValueError as exc:
+            raise Unprocessable("The body cannot be stored.", errors=[{"loc": ["body"], "msg": str(exc)}]) from None
         repo = RunRepository(tx)
         if delivery_id:
             existing = await repo.find_by_delivery(wf_id, delivery_id)

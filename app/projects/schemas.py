@@ -6,12 +6,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.storable import StorableText
+
 Role = Literal["owner", "editor", "viewer"]
 
 
 class ProjectCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=200, examples=["Payments"])
+    name: StorableText = Field(min_length=1, max_length=200, examples=["Payments"])
 
 
 class ProjectRead(BaseModel):

@@ -13,7 +13,7 @@ from sse_starlette.sse import EventSourceResponse
 
 from app.api import DbDep, errors_for
 from app.auth.dependencies import CurrentUser
-from app.errors import Unprocessable
+from app.storable import StorableText
 from app.runs import service
 from app.runs.schemas import EventList, Lineage, RunDetail, RunList, RunRead, RunStart, StepDetail
 
@@ -40,7 +40,8 @@ async def list_runs(user: CurrentUser, db: DbDep,
                     status: Literal["queued", "running", "paused", "succeeded", "failed", "cancelled"] | None = None,
                     created_after: datetime | None = None, created_before: datetime | None = None,
                     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-                    cursor: Annotated[str | None, Query(max_length=200)] = None):
+                    cursor: Annotated[str | None, Query(max_length=200, pattern=r"^[A-Za-z0-9_-]+={0,2}$",
+                                                        description="`next_cursor` of the previous page")] = None):
     async with db.user_scope(user.claims) as tx:
         return await service.list_runs(tx, project_id=project_id, workflow_id=workflow_id, status=status,
                                        created_after=created_after, created_before=created_before,
@@ -57,7 +58,8 @@ async def get_run(run_id: RunId, user: CurrentUser, db: DbDep):
 
 @router.get("/runs/{run_id}/steps/{step_key}", response_model=StepDetail, operation_id="runs-step-get",
             summary="One step with its full stored output and its attempts", responses=errors_for(401, 404, 422, 503))
-async def get_step(run_id: RunId, step_key: Annotated[str, Path(max_length=100)], user: CurrentUser, db: DbDep):
+async def get_step(run_id: RunId, step_key: Annotated[StorableText, Path(max_length=100, description="Step key")],
+                   user: CurrentUser, db: DbDep):
     async with db.user_scope(user.claims) as tx:
         return await service.get_step(tx, run_id, step_key)
 
@@ -78,16 +80,13 @@ async def lineage(run_id: RunId, user: CurrentUser, db: DbDep):
 async def events(run_id: RunId, request: Request, user: CurrentUser, db: DbDep,
                  after: Annotated[int, Query(ge=0, le=2**62)] = 0,
                  limit: Annotated[int, Query(ge=1, le=1000)] = 500,
-                 last_event_id: Annotated[str | None, Header(max_length=40)] = None):
+                 last_event_id: Annotated[str | None, Header(pattern=r"^[0-9]{1,18}$",
+                                                             description="Resume the stream after this event id")] = None):
     if "text/event-stream" not in request.headers.get("accept", ""):
         async with db.user_scope(user.claims) as tx:
             return await service.list_events(tx, run_id, after, limit)
     if last_event_id:
-        try:
-            after = max(after, int(last_event_id))
-        except ValueError:
-            raise Unprocessable("Last-Event-ID must be an event id.",
-                                errors=[{"loc": ["header", "last-event-id"], "msg": "not an integer"}]) from None
+        after = max(after, int(last_event_id))  # the pattern above makes this a safe bigint
     async with db.user_scope(user.claims) as tx:
         first = await service.list_events(tx, run_id, after, 1000)  # also the membership check (404)
     hub = request.app.state.hub

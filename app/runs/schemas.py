@@ -6,13 +6,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.storable import StorableObject
+
 RunStatus = Literal["queued", "running", "paused", "succeeded", "failed", "cancelled"]
 StepStatus = Literal["pending", "running", "succeeded", "failed", "paused", "skipped", "cancelled"]
 
 
 class RunStart(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {"input": {"amount": 42}}})
-    input: dict[str, Any] = Field(default_factory=dict)
+    input: StorableObject = Field(default_factory=dict)
     version: int | None = Field(default=None, ge=1, le=2_147_483_647)
 
 
@@ -53,7 +55,32 @@ class RunRead(BaseModel):
     finished_at: datetime | None = None
 
 
+_RUN_EXAMPLE = {
+    "id": "0b9c6b0e-5d7e-4f7c-9a52-3f1f0f2d9a11", "project_id": "6f1c2f5e-1f7b-4c1e-8a0e-2b8f9d0c4e21",
+    "workflow_id": "a3e5d7c9-2b4f-4e6a-8c0d-1f3e5a7c9b2d", "workflow_version": 1, "status": "failed",
+    "trigger": "api", "input": {"amount": 42},
+    "error": {"step": "charge", "type": "step_failed", "message": "step 'charge' failed", "failed_steps": ["charge"]},
+    "parent_run_id": None, "root_run_id": "0b9c6b0e-5d7e-4f7c-9a52-3f1f0f2d9a11", "resumed_from_step": None,
+    "created_by": "4d2e6f8a-0b1c-4d3e-9f5a-7b8c9d0e1f2a", "created_at": "2026-11-26T10:00:00Z",
+    "started_at": "2026-11-26T10:00:00.010Z", "finished_at": "2026-11-26T10:00:03.200Z",
+    "steps": [
+        {"key": "start", "type": "webhook", "status": "succeeded", "attempt": 1, "input": {"amount": 42},
+         "output": {"amount": 42}, "error": None, "started_at": "2026-11-26T10:00:00.012Z",
+         "finished_at": "2026-11-26T10:00:00.013Z", "reused_from": None, "eligible_for_resume": False},
+        {"key": "charge", "type": "http_call", "status": "failed", "attempt": 3,
+         "input": {"method": "POST", "url": "https://api.example.com/charge"}, "output": None,
+         "error": {"type": "http_error", "status": 503, "message": "HTTP 503"},
+         "started_at": "2026-11-26T10:00:00.015Z", "finished_at": "2026-11-26T10:00:03.190Z",
+         "reused_from": None, "eligible_for_resume": True},
+        {"key": "summary", "type": "transform", "status": "pending", "attempt": 0, "input": None, "output": None,
+         "error": None, "started_at": None, "finished_at": None, "reused_from": None, "eligible_for_resume": False},
+    ],
+    "resumed_runs": [], "eligible_steps": ["charge"],
+}
+
+
 class RunDetail(RunRead):
+    model_config = ConfigDict(json_schema_extra={"examples": [_RUN_EXAMPLE]})
     steps: list[StepRead]
     resumed_runs: list[uuid.UUID]
     eligible_steps: list[str] = Field(default_factory=list)

@@ -175,6 +175,7 @@ def parse_definition(definition: Any) -> Dag:
         _err(errors, ["edges"], "must be a list")
         edges = []
     steps: dict[str, Step] = {}
+    seen_ids: set[str] = set()  # every id, valid node or not, so a duplicate is reported either way
     for i, node in enumerate(nodes):
         loc = ["nodes", i]
         if not isinstance(node, dict):
@@ -184,9 +185,10 @@ def parse_definition(definition: Any) -> Dag:
         if not isinstance(key, str) or not key or len(key) > 100:
             _err(errors, [*loc, "id"], "must be a non-empty string of at most 100 characters", field_="id")
             continue
-        if key in steps:
+        if key in seen_ids:
             _err(errors, [*loc, "id"], f"duplicate node id {key!r}", key, "id")
             continue
+        seen_ids.add(key)
         data = node.get("data", {})
         if not isinstance(data, dict):
             _err(errors, [*loc, "data"], "must be an object", key, "data")

@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.storable import StorableObject, StorableText
+
 EXAMPLE_DEFINITION = {
     "nodes": [
         {"id": "start", "data": {"type": "webhook"}},
@@ -23,13 +25,13 @@ class WorkflowCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {
         "slug": "charge-customer", "name": "Charge customer", "definition": EXAMPLE_DEFINITION}})
     slug: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,99}$")
-    name: str = Field(min_length=1, max_length=200)
-    definition: dict[str, Any]
+    name: StorableText = Field(min_length=1, max_length=200)
+    definition: StorableObject
 
 
 class VersionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    definition: dict[str, Any]
+    definition: StorableObject
 
 
 class WorkflowRead(BaseModel):
