@@ -5,7 +5,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPBearer
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.db.engine import Database
 from app.secrets.crypto import Cipher  # noqa: F401 - used in an annotation
@@ -16,15 +16,17 @@ class Problem(BaseModel):
     model_config = ConfigDict(extra="allow", json_schema_extra={
         "examples": [{"type": "https://meshhook.dev/problems/not-found", "title": "Not found", "status": 404,
                     "detail": "No such run.", "instance": "/runs/8c1d…", "request_id": "5f0c…"}]})
-    type: str
+    type: str = Field(description="A URI naming the kind of problem, e.g. `…/problems/not-found`")
     title: str
-    status: int
-    detail: str | None = None
-    instance: str | None = None
-    request_id: str | None = None
-    errors: list[dict[str, Any]] | None = None
-    eligible_steps: list[str] | None = None
-    active_run_id: str | None = None
+    status: int = Field(description="The HTTP status code")
+    detail: str | None = Field(description="What went wrong, for a human")  # always sent
+    instance: str | None = Field(description="The request path")
+    request_id: str | None = Field(description="Also in the `X-Request-ID` response header and the logs")
+    errors: list[dict[str, Any]] | None = Field(
+        default=None, description="422: every problem, each with `loc` (where) and `msg` (and `node`/`field` for "
+                                  "workflow definitions)")
+    eligible_steps: list[str] | None = Field(default=None, description="409/422 from resume: steps one can resume from")
+    active_run_id: str | None = Field(default=None, description="409 from resume: the resumed run already in flight")
 
 
 _DESCRIPTIONS = {
@@ -58,14 +60,15 @@ bearer_scheme = HTTPBearer(auto_error=False, scheme_name="bearerAuth", bearerFor
                            description="A Supabase access token (ES256/RS256 via JWKS, or legacy HS256).")
 
 
-def get_db(request: Request) -> Database:
+async def get_db(request: Request) -> Database:
+    # async: FastAPI runs a plain `def` dependency in a worker thread, a thread hop on every request
     return request.app.state.db
 
 
 DbDep = Annotated[Database, Depends(get_db)]
 
 
-def get_cipher(request: Request):
+async def get_cipher(request: Request):
     return request.app.state.cipher
 
 

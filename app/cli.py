@@ -143,6 +143,16 @@ def cmd_openapi(args) -> None:
             fh.write(text)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="meshhook", description="MeshHook engine service")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -160,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=cmd_migrate)
     p = sub.add_parser("token", help="mint a dev token with the local HS256 secret")
     p.add_argument("--sub", required=True, help="the user id (UUID)")
-    p.add_argument("--ttl", type=int, default=3600)
+    p.add_argument("--ttl", type=_positive_int, default=3600, help="lifetime in seconds (default 3600)")
     p.add_argument("--email", default=None)
     p.set_defaults(func=cmd_token)
     p = sub.add_parser("openapi", help="write the OpenAPI spec")

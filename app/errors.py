@@ -136,6 +136,12 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unique(request: Request, exc: Exception):
         return problem_response(request, 409, "Conflict", "The resource already exists.", "conflict")
 
+    @app.exception_handler(asyncpg.exceptions.IntegrityConstraintViolationError)
+    async def _integrity(request: Request, exc: Exception):
+        # A constraint caught what validation should have: still the client's 409, but worth a look.
+        log.warning("integrity error", extra={"path": request.url.path, "error": type(exc).__name__})
+        return problem_response(request, 409, "Conflict", "The request conflicts with the stored data.", "conflict")
+
     @app.exception_handler(asyncpg.exceptions.InsufficientPrivilegeError)
     async def _rls(request: Request, exc: Exception):
         # Row-level security refused a write the service checks should have caught.

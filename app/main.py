@@ -53,6 +53,7 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
             url = resolve_database_url()
         app.state.db = Database(url, pool_size=settings.db_pool_size, application_name="meshhook-api",
                                 connect_timeout_s=settings.db_connect_timeout_s,
+                                pool_timeout_s=settings.db_pool_timeout_s,
                                 command_timeout_s=settings.db_command_timeout_s)
         app.state.http = httpx.AsyncClient()
         app.state.verifier = TokenVerifier(settings, app.state.http, hs_secret=jwt_secret)

@@ -27,6 +27,7 @@ class RequestContextMiddleware:
             return await self.app(scope, receive, send)
         rid = None
         length = None
+        expects_continue = False
         for k, v in scope["headers"]:
             if k == b"x-request-id" and 0 < len(v) <= 64 and v.isascii():
                 rid = v.decode()
@@ -35,39 +36,62 @@ class RequestContextMiddleware:
                     length = int(v)
                 except ValueError:
                     length = None
+            elif k == b"expect":
+                expects_continue = v.lower() == b"100-continue"
         rid = rid or uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = rid
         token = request_id_var.set(rid)
         started = time.perf_counter()
         status_holder = {"status": 500}
         rid_header = (b"x-request-id", rid.encode())
+        limit = self.max_body_bytes
+        body = {"received": 0, "done": False, "too_large": False}
+
+        async def drain() -> None:
+            # Read and drop the rest of an over-limit body before answering, so the client gets
+            # its 413 rather than a connection reset while it is still sending. A body far over
+            # the limit is not read to its end; that connection is closed instead.
+            while not body["done"] and body["received"] <= 8 * limit:
+                message = await receive()
+                if message["type"] != "http.request":
+                    break
+                body["received"] += len(message.get("body", b""))
+                body["done"] = not message.get("more_body", False)
 
         async def send_with_id(message):
             if message["type"] == "http.response.start":
                 status_holder["status"] = message["status"]
-                message["headers"] = list(message.get("headers", [])) + [rid_header]
+                status_holder["started"] = True
+                headers = list(message.get("headers", [])) + [rid_header]
+                if body["too_large"]:
+                    if not expects_continue:  # a client waiting for 100 Continue has sent nothing
+                        await drain()
+                    if not body["done"]:
+                        headers.append((b"connection", b"close"))
+                message["headers"] = headers
             await send(message)
 
         try:
-            if length is not None and length > self.max_body_bytes:
+            if length is not None and length > limit:
+                body["too_large"] = True
                 await self._too_large(scope, send_with_id, rid)
                 return
-            received = 0
-            limit = self.max_body_bytes
 
             async def limited_receive():
-                nonlocal received
                 message = await receive()
                 if message["type"] == "http.request":
-                    received += len(message.get("body", b""))
-                    if received > limit:
+                    body["received"] += len(message.get("body", b""))
+                    body["done"] = not message.get("more_body", False)
+                    if body["received"] > limit:
+                        body["too_large"] = True
                         raise _BodyTooLarge(limit)
                 return message
 
             try:
                 await self.app(scope, limited_receive, send_with_id)
             except _BodyTooLarge:
-                await self._too_large(scope, send_with_id, rid)
+                if "started" not in status_holder:
+                    await self._too_large(scope, send_with_id, rid)
         finally:
             elapsed_ms = (time.perf_counter() - started) * 1000
             status = status_holder["status"]
@@ -83,7 +107,7 @@ class RequestContextMiddleware:
                              "instance": scope["path"], "request_id": rid})
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/problem+json"),
-                                (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
+                                (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 
 
@@ -92,4 +116,4 @@ class _BodyTooLarge(StarletteHTTPException):
     and the problem+json handler answers 413."""
 
     def __init__(self, limit: int):
-        super().__init__(413, f"The request body exceeds {limit} bytes.", headers={"Connection": "close"})
+        super().__init__(413, f"The request body exceeds {limit} bytes.")

@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     max_output_bytes: int = Field(default=262_144, ge=1024)
     db_pool_size: int = Field(default=10, ge=1, le=200)
     db_connect_timeout_s: float = Field(default=2.0, gt=0)
+    db_pool_timeout_s: float = Field(default=10.0, gt=0)  # wait for a free pooled connection (load)
     db_command_timeout_s: float = Field(default=15.0, gt=0)
     metrics_public: bool = True
 
@@ -73,6 +74,25 @@ class Settings(BaseSettings):
         if not v.startswith(("postgresql://", "postgres://", "postgresql+asyncpg://")):
             raise ValueError("must be a postgresql:// URL")
         return v
+
+    @field_validator("supabase_url")
+    @classmethod
+    def _check_supabase_url(cls, v):
+        if v is None or v == "":
+            return None
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s):// URL (the project URL, e.g. https://xyz.supabase.co)")
+        return v
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_level(cls, v):
+        import logging
+
+        level = str(v).upper()
+        if level not in logging.getLevelNamesMapping():
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return level
 
     @property
     def issuer(self) -> str | None:

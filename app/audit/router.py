@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from app.api import DbDep, errors_for
 from app.audit import service
@@ -35,6 +35,7 @@ class AuditRead(BaseModel):
 
 
 class AuditList(BaseModel):
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)  # always sent: required in the spec
     items: list[AuditRead]
     next_cursor: str | None = None
 

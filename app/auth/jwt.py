@@ -108,6 +108,8 @@ class TokenVerifier:
         except jwt.PyJWTError:
             raise Unauthorized("The bearer token is malformed.") from None
         alg = header.get("alg")
+        if not isinstance(alg, str):  # e.g. a list: not hashable, and never a valid JWS header
+            raise Unauthorized("The token's algorithm is not accepted.")
         if alg in ASYMMETRIC:
             key = await self.jwks.get(header.get("kid") or "")
             if key is None:

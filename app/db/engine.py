@@ -17,6 +17,7 @@ from typing import Any, AsyncIterator
 
 import asyncpg
 import orjson
+import sqlalchemy.exc
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -101,16 +102,21 @@ class Tx:
 
 class Database:
     def __init__(self, url: str, *, pool_size: int = 10, application_name: str = "meshhook-api",
-                 connect_timeout_s: float = 2.0, command_timeout_s: float = 15.0):
+                 connect_timeout_s: float = 2.0, command_timeout_s: float = 15.0, pool_timeout_s: float = 10.0):
         self.url = url
         self.dsn = asyncpg_dsn(url)
         self.application_name = application_name
         self.connect_timeout_s = connect_timeout_s
+        # Waiting for a free pooled connection is queueing under load, not a sign of a lost database:
+        # it gets its own, longer bound (a short connect timeout made bursts fail). A lost database
+        # still fails fast: its connection attempts are refused or time out after connect_timeout_s.
+        self.checkout_timeout_s = pool_timeout_s + connect_timeout_s + 0.5
+        self.capacity = pool_size * 2  # pool_size kept + as many again in overflow
         self.engine: AsyncEngine = create_async_engine(
             sqlalchemy_url(url),
             pool_size=pool_size,
-            max_overflow=pool_size,
-            pool_timeout=connect_timeout_s,
+            max_overflow=self.capacity - pool_size,
+            pool_timeout=pool_timeout_s,
             pool_pre_ping=False,
             pool_recycle=1800,
             connect_args={
@@ -127,23 +133,62 @@ class Database:
     async def dispose(self) -> None:
         await self.engine.dispose()
 
-    @contextlib.asynccontextmanager
-    async def _scope(self, claims_json: str | None) -> AsyncIterator[Tx]:
+    async def _checkout(self):
         try:
-            sa_conn = await asyncio.wait_for(self.engine.connect(), self.connect_timeout_s + 0.5)
+            return await asyncio.wait_for(self.engine.connect(), self.checkout_timeout_s)
         except _UNAVAILABLE as exc:
             raise DatabaseUnavailable() from exc
+        except sqlalchemy.exc.TimeoutError as exc:  # every pooled connection stayed busy: overloaded
+            raise DatabaseUnavailable("The service is busy; try again shortly.") from exc
         except Exception as exc:  # sqlalchemy wraps driver errors at checkout
             if _is_unavailable(exc):
                 raise DatabaseUnavailable() from exc
             raise
-        try:
-            fairy = await sa_conn.get_raw_connection()
-            raw: asyncpg.Connection = fairy.driver_connection
+
+    @staticmethod
+    async def _discard(sa_conn) -> None:
+        with contextlib.suppress(Exception):
+            await sa_conn.invalidate()
+        with contextlib.suppress(Exception):
+            await sa_conn.close()
+
+    async def _begin(self, claims_json: str | None):
+        """A pooled connection with its transaction open. Connections that died with a restarted
+        server are dropped and replaced here, so the first requests after a restart do not fail
+        one per dead connection: is_closed() costs no round trip, and a BEGIN that finds its
+        connection gone is retried once on another (nothing ran on it, so that is safe)."""
+        retried = False
+        for _ in range(self.capacity + 1):
+            sa_conn = await self._checkout()
+            raw = None
             try:
-                # One round trip opens the transaction and, for a user, switches to the
-                # `authenticated` role with the verified claims (simple-query protocol).
-                await raw.execute(_begin_sql(claims_json))
+                raw: asyncpg.Connection = (await sa_conn.get_raw_connection()).driver_connection
+                if not raw.is_closed():
+                    # One round trip opens the transaction and, for a user, switches to the
+                    # `authenticated` role with the verified claims (simple-query protocol).
+                    await raw.execute(_begin_sql(claims_json))
+                    return sa_conn, raw
+            except _UNAVAILABLE as exc:
+                await self._discard(sa_conn)
+                if retried or isinstance(exc, asyncio.TimeoutError):  # slow is not gone: no second wait
+                    raise DatabaseUnavailable() from exc
+                retried = True
+                continue
+            except BaseException:
+                if raw is not None and not raw.is_closed() and raw.is_in_transaction():
+                    with contextlib.suppress(Exception):
+                        await raw.execute("ROLLBACK")
+                with contextlib.suppress(Exception):
+                    await sa_conn.close()
+                raise
+            await self._discard(sa_conn)
+        raise DatabaseUnavailable()
+
+    @contextlib.asynccontextmanager
+    async def _scope(self, claims_json: str | None) -> AsyncIterator[Tx]:
+        sa_conn, raw = await self._begin(claims_json)
+        try:
+            try:
                 yield Tx(raw)
             except BaseException:
                 if not raw.is_closed() and raw.is_in_transaction():

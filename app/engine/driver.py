@@ -21,7 +21,7 @@ from app.engine.steps import StepOutcome, branch, delay, http_call, pause, termi
 from app.observability.metrics import RUNS_FINISHED, STEP_SECONDS, STEPS_FINISHED
 from app.secrets.service import resolve_secrets
 from app.workflows.definition import Dag
-from app.workflows.templates import render, uses_secrets
+from app.workflows.templates import referenced_secrets, render, uses_secrets
 
 if TYPE_CHECKING:
     from app.engine.worker import Worker
@@ -145,7 +145,9 @@ class RunDriver:
         progressed = True
         while progressed and self._may_start():
             progressed = False
-            for key, live in list(self._ready()):
+            # Lazily: `order` is topological and pure steps settle synchronously, so a chain of
+            # pure steps resolves in one pass (a snapshot per pass made long chains O(n^2)).
+            for key, live in self._ready():
                 if not self._may_start():
                     break
                 step = self.dag.steps[key]
@@ -187,13 +189,14 @@ class RunDriver:
             outcome = StepOutcome("failed", error={"type": "step_error",
                                                    "message": (str(exc).splitlines() or [type(exc).__name__])[0][:500]})
         self.attempt[key] = self.attempt.get(key, 0) + 1
-        self.stage(key, "running", started=now, event="step_started", payload={"attempt": self.attempt[key]})
-        self._settle(key, outcome, now, t0)
+        # One row write per pure step: its `running` state never outlives this transaction anyway.
+        self._pending_events.append(("step_started", key, {"attempt": self.attempt[key]}))
+        self._settle(key, outcome, now, t0, row_started=now)
         if step.type == "terminate" and outcome.output is not None:
             self.terminated = (step.config["status"], outcome.output.get("message") if outcome.output else None)
 
     def _settle(self, key: str, outcome: StepOutcome, started: datetime, t0: float, *,
-                input_=None, secret_values: list[str] | None = None) -> None:
+                input_=None, secret_values: list[str] | None = None, row_started: datetime | None = None) -> None:
         step = self.dag.steps[key]
         finished = _now()
         output = redact(outcome.output, secret_values or [])
@@ -208,8 +211,8 @@ class RunDriver:
                  "started_at": started.isoformat(), "finished_at": finished.isoformat()}
         if error:
             entry["error"] = error
-        self.stage(key, outcome.status, input_=input_, output=output, error=error, finished=finished,
-                   attempt_entry=entry, event=f"step_{outcome.status}",
+        self.stage(key, outcome.status, input_=input_, output=output, error=error, started=row_started,
+                   finished=finished, attempt_entry=entry, event=f"step_{outcome.status}",
                    payload={"attempt": self.attempt.get(key, 0), **({"error": error} if error else {})})
         STEPS_FINISHED.labels(step.type, outcome.status).inc()
         STEP_SECONDS.labels(step.type).observe(time.perf_counter() - t0)
@@ -222,13 +225,18 @@ class RunDriver:
                 return
             secrets = await self.secrets() if uses_secrets(step.config) else {}
             secret_values = sorted(secrets.values(), key=len, reverse=True)
+            missing = sorted(referenced_secrets(step.config) - set(secrets))
             try:
+                if missing:  # never send "Bearer " with an empty token
+                    raise LookupError(f"secret(s) {missing} are not set in this project")
                 config = render(step.config, self.context(secrets))
                 shown = render(step.config, self.context({k: "***" for k in secrets}))
             except Exception as exc:  # noqa: BLE001 - a template that fails at run time fails the step
                 self.attempt[key] = self.attempt.get(key, 0) + 1
-                self._settle(key, StepOutcome("failed", error={"type": "template_error", "message": str(exc)[:500]}),
-                             _now(), time.perf_counter())
+                # JMESPath type errors quote the offending value, which may be a secret: redact.
+                self._settle(key, StepOutcome("failed", error={
+                    "type": "secret_missing" if missing else "template_error", "message": str(exc)[:500]}),
+                    _now(), time.perf_counter(), secret_values=secret_values)
                 await self.flush()
                 return
             self.attempt[key] = self.attempt.get(key, 0) + 1
@@ -265,8 +273,14 @@ class RunDriver:
                 continue
             self.status[key] = r["status"]
             self.attempt[key] = r["attempt"]
+            if r["step_type"] == "terminate" and r["status"] in ("succeeded", "failed") \
+                    and isinstance(r["output"], dict) and r["output"].get("status") in ("succeeded", "failed"):
+                # A terminate step settled before a takeover still ends the run: nothing after it runs.
+                self.terminated = (r["output"]["status"], r["output"].get("message"))
             if r["status"] == "succeeded":
                 self.outputs[key] = r["output"]
+            elif r["status"] == "failed":
+                self.failed_any = True  # fail fast holds across a takeover too
             elif r["status"] == "running":
                 if r["step_type"] == "delay" and r["wake_at"] is not None:
                     self.sleeping[key] = r["wake_at"]
@@ -287,6 +301,11 @@ class RunDriver:
                     self._wake_due()
                     await self._advance_inline()
                     if self._pending_rows or self._pending_events:
+                        if not self.inflight and not self.sleeping and not self.w.stopping:
+                            # Nothing left to wait for: settle in the same transaction (one commit
+                            # per pure-only run instead of two; ~2x transform steps/s).
+                            await self._settle_run()
+                            return
                         await self.flush()
                         continue  # a flush may have brought a control request
                 if self.inflight:
@@ -337,7 +356,7 @@ class RunDriver:
             if until <= now:
                 del self.sleeping[key]
                 seconds = float(self.dag.steps[key].config["seconds"])
-                self._settle(key, delay.finished(seconds), now, time.perf_counter())
+                self._settle(key, delay.finished(seconds), until - timedelta(seconds=seconds), time.perf_counter())
 
     async def _settle_run(self) -> None:
         now = _now()

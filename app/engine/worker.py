@@ -185,8 +185,10 @@ class Worker:
     async def _drive(self, run) -> None:
         run_id = run["id"]
         try:
-            async with self.db.service_scope() as tx:
-                dag = await self.dags.get(tx, run["workflow_id"], run["workflow_version"])
+            dag = self.dags.cached(run["workflow_id"], run["workflow_version"])
+            if dag is None:  # versions are immutable: only the first run of one costs a read
+                async with self.db.service_scope() as tx:
+                    dag = await self.dags.get(tx, run["workflow_id"], run["workflow_version"])
             await RunDriver(self, run, dag).drive()
         except asyncio.CancelledError:
             raise

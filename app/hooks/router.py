@@ -18,7 +18,10 @@ router = APIRouter(tags=["hooks"])
              description="Sign `\"<X-MeshHook-Timestamp>.<raw body>\"` with HMAC-SHA256 under the workflow's "
                          "webhook secret and send it as `X-MeshHook-Signature: sha256=<hex>`. The timestamp must "
                          "be within ±5 minutes. Repeating an `X-MeshHook-Delivery` id returns the same run.",
-             openapi_extra={"requestBody": {"content": {"application/json": {"schema": {}}}, "required": False}},
+             openapi_extra={"requestBody": {"required": False, "description": "Any JSON value; it becomes the run's "
+                                            "input (an empty body or `null` means `{}`).",
+                                            "content": {"application/json": {"schema": {}, "examples": {
+                                                "order": {"value": {"order_id": "A-1001", "amount": 42}}}}}}},
              responses=errors_for(401, 413, 422, 503))
 async def deliver(workflow_id: Annotated[uuid.UUID, Path()], request: Request, db: DbDep, cipher: CipherDep,
                   response: Response,

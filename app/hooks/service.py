@@ -46,6 +46,8 @@ async def accept_hook(db: Database, cipher: Cipher, wf_id: uuid.UUID, body: byte
             payload = orjson.loads(body) if body.strip() else {}
         except orjson.JSONDecodeError:
             raise Unprocessable("The body is not valid JSON.", errors=[{"loc": ["body"], "msg": "invalid JSON"}]) from None
+        if payload is None:
+            payload = {}  # JSON null means no input, like an empty body (runs.input is NOT NULL)
         try:
             check_json(payload)
         except ValueError as exc:

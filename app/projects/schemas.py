@@ -25,6 +25,7 @@ class ProjectRead(BaseModel):
 
 
 class ProjectList(BaseModel):
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)  # always sent: required in the spec
     items: list[ProjectRead]
     next_cursor: str | None = None
 
@@ -43,6 +44,7 @@ class MemberRead(BaseModel):
 
 
 class MemberList(BaseModel):
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)  # always sent: required in the spec
     items: list[MemberRead]
     next_cursor: str | None = None
 

@@ -14,14 +14,14 @@ class ResumeRequest(BaseModel):
     ]})
     from_step: StorableText = Field(min_length=1, max_length=100, description="Key of the failed, paused or cancelled step")
     input: StorableObject | None = Field(default=None, description="Replaces the parent's input when given")
-    workflow_version: Literal["original", "latest"] | Annotated[int, Field(ge=1, le=2_147_483_647)] = Field(
+    workflow_version: Literal["original", "latest"] | Annotated[int, Field(ge=1, le=2_147_483_647, strict=True)] = Field(
         default="original", description="`original` (the parent's version), `latest`, or a version number")
     reason: StorableText | None = Field(default=None, max_length=500)
 
 
 class ResumePlanRead(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"example": {
-        "from_step": "charge", "reuse": ["start"], "rerun": ["charge", "summary"], "eligible_steps": ["charge"]}})
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "from_step": "charge", "reuse": ["start"], "rerun": ["charge", "summary"], "eligible_steps": ["charge"]}]})
     from_step: str
     reuse: list[str]
     rerun: list[str]

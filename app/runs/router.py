@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import uuid
 from datetime import datetime
 from typing import Annotated, Literal
 
 import orjson
 from fastapi import APIRouter, Header, Path, Query, Request, Response
+from pydantic import BeforeValidator
 from sse_starlette.sse import EventSourceResponse
 
 from app.api import DbDep, errors_for
@@ -19,6 +21,17 @@ from app.runs.schemas import EventList, Lineage, RunDetail, RunList, RunRead, Ru
 
 router = APIRouter(tags=["runs"])
 RunId = Annotated[uuid.UUID, Path(description="Run id")]
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
+
+
+def _rfc3339(value):
+    # pydantic would also take Unix seconds ("0.5") or a naive time; the spec promises an RFC 3339 date-time.
+    if isinstance(value, str) and not _RFC3339.match(value):
+        raise ValueError("must be an RFC 3339 date-time with an offset, e.g. 2026-11-26T10:00:00Z")
+    return value
+
+
+Timestamp = Annotated[datetime, BeforeValidator(_rfc3339)]
 FINAL_EVENTS = {"run_succeeded", "run_failed", "run_cancelled"}
 
 
@@ -38,7 +51,7 @@ async def start_run(workflow_id: Annotated[uuid.UUID, Path()], body: RunStart, u
 async def list_runs(user: CurrentUser, db: DbDep,
                     project_id: uuid.UUID | None = None, workflow_id: uuid.UUID | None = None,
                     status: Literal["queued", "running", "paused", "succeeded", "failed", "cancelled"] | None = None,
-                    created_after: datetime | None = None, created_before: datetime | None = None,
+                    created_after: Timestamp | None = None, created_before: Timestamp | None = None,
                     limit: Annotated[int, Query(ge=1, le=200)] = 50,
                     cursor: Annotated[str | None, Query(max_length=200, pattern=r"^[A-Za-z0-9_-]+={0,2}$",
                                                         description="`next_cursor` of the previous page")] = None):

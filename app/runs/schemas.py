@@ -13,12 +13,13 @@ StepStatus = Literal["pending", "running", "succeeded", "failed", "paused", "ski
 
 
 class RunStart(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {"input": {"amount": 42}}})
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"input": {"amount": 42}}]})
     input: StorableObject = Field(default_factory=dict)
-    version: int | None = Field(default=None, ge=1, le=2_147_483_647)
+    version: int | None = Field(default=None, ge=1, le=2_147_483_647, strict=True)
 
 
 class StepRead(BaseModel):
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)  # always sent: required in the spec
     key: str
     type: str
     status: StepStatus
@@ -38,6 +39,7 @@ class StepDetail(StepRead):
 
 
 class RunRead(BaseModel):
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)  # always sent: required in the spec
     id: uuid.UUID
     project_id: uuid.UUID
     workflow_id: uuid.UUID
@@ -87,6 +89,7 @@ class RunDetail(RunRead):
 
 
 class RunList(BaseModel):
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)  # always sent: required in the spec
     items: list[RunRead]
     next_cursor: str | None = None
 
@@ -108,6 +111,7 @@ class Lineage(BaseModel):
 
 
 class EventRead(BaseModel):
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)  # always sent: required in the spec
     id: int
     run_id: uuid.UUID
     type: str
@@ -117,10 +121,12 @@ class EventRead(BaseModel):
 
 
 class EventList(BaseModel):
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)  # always sent: required in the spec
     items: list[EventRead]
     next_cursor: str | None = None
 
 
 class HookAccepted(BaseModel):
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)  # always sent: required in the spec
     run_id: uuid.UUID
     duplicate: bool = False

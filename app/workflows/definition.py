@@ -37,24 +37,28 @@ class Dag:
     _ancestors: dict[str, frozenset[str]] = field(default_factory=dict)
     _descendants: dict[str, frozenset[str]] = field(default_factory=dict)
 
+    @staticmethod
+    def _reach(start: str, edges: dict[str, list[tuple[str, str | None]]]) -> frozenset[str]:
+        # Iterative: a linear chain of MAX_NODES steps is deeper than Python's recursion limit.
+        seen: set[str] = set()
+        stack = [start]
+        while stack:
+            for nxt, _ in edges[stack.pop()]:
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append(nxt)
+        return frozenset(seen)
+
     def ancestors(self, key: str) -> frozenset[str]:
         got = self._ancestors.get(key)
         if got is None:
-            acc: set[str] = set()
-            for p, _ in self.parents[key]:
-                acc.add(p)
-                acc |= self.ancestors(p)
-            got = self._ancestors[key] = frozenset(acc)
+            got = self._ancestors[key] = self._reach(key, self.parents)
         return got
 
     def descendants(self, key: str) -> frozenset[str]:
         got = self._descendants.get(key)
         if got is None:
-            acc: set[str] = set()
-            for c, _ in self.children[key]:
-                acc.add(c)
-                acc |= self.descendants(c)
-            got = self._descendants[key] = frozenset(acc)
+            got = self._descendants[key] = self._reach(key, self.children)
         return got
 
     def lineage_signature(self, key: str) -> str:
@@ -211,7 +215,7 @@ def parse_definition(definition: Any) -> Dag:
         fp = hashlib.sha256(orjson.dumps({"t": typ, "c": cfg}, option=orjson.OPT_SORT_KEYS)).hexdigest()[:24]
         steps[key] = Step(key, typ, cfg, i, fp)
 
-    all_ids = {n.get("id") for n in nodes if isinstance(n, dict)}
+    all_ids = {n.get("id") for n in nodes if isinstance(n, dict) and isinstance(n.get("id"), str)}
     parents: dict[str, list[tuple[str, str | None]]] = {k: [] for k in steps}
     children: dict[str, list[tuple[str, str | None]]] = {k: [] for k in steps}
     seen_edges: set[tuple] = set()

@@ -2,11 +2,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from app.storable import StorableObject, StorableText
+from app.workflows.definition import ALIASES, MAX_NODES, STEP_TYPES
 
 EXAMPLE_DEFINITION = {
     "nodes": [
@@ -21,17 +22,46 @@ EXAMPLE_DEFINITION = {
 }
 
 
+# The documented shape of a definition. It describes what app.workflows.definition accepts (which
+# also checks each type's config, the edges and cycles) and allows the editor's extra fields.
+DEFINITION_SCHEMA: dict[str, Any] = {
+    "title": "WorkflowDefinition", "type": "object", "required": ["nodes"], "additionalProperties": True,
+    "description": "The editor's (xyflow) graph: each node is a step, each edge a dependency. Validated on "
+                   "write (422 lists every problem): unique ids, known types, config per type, edges between "
+                   "existing nodes, no cycles, templates that parse.",
+    "properties": {
+        "nodes": {"type": "array", "minItems": 1, "maxItems": MAX_NODES, "items": {
+            "type": "object", "required": ["id"], "additionalProperties": True,
+            "properties": {
+                "id": {"type": "string", "minLength": 1, "maxLength": 100, "description": "The step key"},
+                "type": {"description": "The step type, when `data.type` is absent"},
+                "data": {"type": "object", "additionalProperties": True, "properties": {
+                    "type": {"type": "string", "enum": [*STEP_TYPES, *ALIASES]},
+                    "config": {"anyOf": [{"type": "object", "additionalProperties": True}, {"type": "null"}],
+                               "description": "Per type: http_call {method, url, headers?, query?, body?, timeout_s?, "
+                                              "retry?}; transform {expression}; branch {condition}; delay "
+                                              "{seconds}; terminate {status, message?}; webhook and pause none"}}}}}},
+        "edges": {"type": "array", "items": {
+            "type": "object", "required": ["source", "target"], "additionalProperties": True,
+            "properties": {"source": {"type": "string"}, "target": {"type": "string"},
+                           "sourceHandle": {"description": "`\"true\"` or `\"false\"` on edges leaving a branch"}}}},
+    },
+}
+Definition = Annotated[StorableObject, WithJsonSchema(DEFINITION_SCHEMA)]
+DefinitionRead = Annotated[dict[str, Any], WithJsonSchema(DEFINITION_SCHEMA)]
+
+
 class WorkflowCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {
-        "slug": "charge-customer", "name": "Charge customer", "definition": EXAMPLE_DEFINITION}})
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "slug": "charge-customer", "name": "Charge customer", "definition": EXAMPLE_DEFINITION}]})
     slug: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,99}$")
     name: StorableText = Field(min_length=1, max_length=200)
-    definition: StorableObject
+    definition: Definition
 
 
 class VersionCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    definition: StorableObject
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"definition": EXAMPLE_DEFINITION}]})
+    definition: Definition
 
 
 class WorkflowRead(BaseModel):
@@ -41,7 +71,7 @@ class WorkflowRead(BaseModel):
     name: str
     version: int = Field(description="The latest version number")
     latest_version: int
-    definition: dict[str, Any]
+    definition: DefinitionRead
     created_at: datetime
     webhook_url: str
 

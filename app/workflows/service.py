@@ -35,6 +35,9 @@ class DagCache:
         self._items: OrderedDict[tuple[uuid.UUID, int], Dag] = OrderedDict()
         self.size = size
 
+    def cached(self, wf_id: uuid.UUID, version: int) -> Dag | None:
+        return self._items.get((wf_id, version))
+
     async def get(self, tx: Tx, wf_id: uuid.UUID, version: int) -> Dag | None:
         key = (wf_id, version)
         dag = self._items.get(key)

@@ -60,6 +60,24 @@ def uses_secrets(value: Any) -> bool:
     return False
 
 
+_SECRET_REF = re.compile(r'\bsecrets\s*\.\s*(?:([A-Za-z_][A-Za-z0-9_]*)|"([^"]+)")')
+
+
+def referenced_secrets(value: Any) -> set[str]:
+    """Names used as `secrets.NAME` inside templates, so a missing secret fails the step loudly."""
+    names: set[str] = set()
+    if isinstance(value, str):
+        for m in TEMPLATE.finditer(value):
+            names.update(a or b for a, b in _SECRET_REF.findall(m.group(1)))
+    elif isinstance(value, dict):
+        for v in value.values():
+            names |= referenced_secrets(v)
+    elif isinstance(value, list):
+        for v in value:
+            names |= referenced_secrets(v)
+    return names
+
+
 def evaluate(expr: str, context: dict) -> Any:
     return compile_expression(expr).search(context)
 

@@ -15,6 +15,14 @@ from app.engine.steps import StepOutcome
 
 RETRY_STATUS = {408, 429}
 MAX_BODY_READ = 4 * 1024 * 1024
+ERROR_BODY_BYTES = 2048  # errors (and every retry's attempt entry) keep a preview, not the whole body
+
+
+def _error_body(body: Any) -> Any:
+    raw = body.encode() if isinstance(body, str) else orjson.dumps(body)
+    if len(raw) <= ERROR_BODY_BYTES:
+        return body
+    return raw[:ERROR_BODY_BYTES].decode("utf-8", errors="ignore") + "…"
 
 
 def _backoff(attempt: int, base: float, cap: float, retry_after: str | None) -> float:
@@ -26,10 +34,20 @@ def _backoff(attempt: int, base: float, cap: float, retry_after: str | None) -> 
     return random.uniform(0, min(cap, base * (2 ** (attempt - 1))))
 
 
-def _parse_body(resp: httpx.Response) -> Any:
-    content = resp.content[:MAX_BODY_READ]
+async def _read_capped(resp: httpx.Response) -> tuple[bytes, bool]:
+    """At most MAX_BODY_READ bytes: a huge response must not sink the worker's memory."""
+    chunks, size = [], 0
+    async for chunk in resp.aiter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_BODY_READ:
+            return b"".join(chunks)[:MAX_BODY_READ], True
+    return b"".join(chunks), False
+
+
+def _parse_body(resp: httpx.Response, content: bytes, cut: bool) -> Any:
     ctype = resp.headers.get("content-type", "")
-    if "json" in ctype:
+    if "json" in ctype and not cut:
         try:
             return orjson.loads(content)
         except orjson.JSONDecodeError:
@@ -43,7 +61,8 @@ async def execute(client: httpx.AsyncClient, config: dict, idempotency_key: str,
     retry = config.get("retry") or {}
     max_attempts = int(retry.get("max_attempts", 3))
     base, cap = float(retry.get("backoff_s", 1)), float(retry.get("max_backoff_s", 30))
-    headers = {str(k): str(v) for k, v in (config.get("headers") or {}).items()}
+    headers = {str(k): str(v) for k, v in (config.get("headers") or {}).items()
+               if str(k).lower() != "idempotency-key"}  # ours is the one that counts
     headers["Idempotency-Key"] = idempotency_key
     query = {str(k): str(v) for k, v in (config.get("query") or {}).items()} or None
     body = config.get("body")
@@ -60,8 +79,9 @@ async def execute(client: httpx.AsyncClient, config: dict, idempotency_key: str,
         started = time.time()
         retry_after = None
         try:
-            resp = await client.request(method, str(config["url"]), headers=headers, params=query,
-                                        timeout=timeout, **kwargs)
+            async with client.stream(method, str(config["url"]), headers=headers, params=query,
+                                     timeout=timeout, **kwargs) as resp:
+                content, cut = await _read_capped(resp)
         except httpx.TimeoutException as exc:
             error = {"type": "timeout", "message": f"no response within {timeout} s ({type(exc).__name__})"}
         except httpx.TransportError as exc:
@@ -69,11 +89,13 @@ async def execute(client: httpx.AsyncClient, config: dict, idempotency_key: str,
         except httpx.HTTPError as exc:
             return StepOutcome("failed", error={"type": "request_error", "message": str(exc) or type(exc).__name__})
         else:
-            out = {"status": resp.status_code, "headers": dict(resp.headers), "body": _parse_body(resp)}
+            out = {"status": resp.status_code, "headers": dict(resp.headers), "body": _parse_body(resp, content, cut)}
+            if cut:
+                out["body_truncated"] = True
             if resp.status_code < 400:
                 return StepOutcome("succeeded", out)
             error = {"type": "http_error", "message": f"HTTP {resp.status_code}", "status": resp.status_code,
-                     "body": out["body"]}
+                     "body": _error_body(out["body"])}
             if resp.status_code not in RETRY_STATUS and resp.status_code < 500:
                 return StepOutcome("failed", out, error)
             retry_after = resp.headers.get("retry-after")

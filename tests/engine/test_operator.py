@@ -1,0 +1,91 @@
+"""Operator actions: cancel and pause let the in-flight step finish and start nothing new."""
+from __future__ import annotations
+
+from tests.conftest import linear, steps_by_key
+from tests.engine.conftest import events, uniq
+from tests.support import wait_for
+
+
+async def _blocked_run(owner, world, seconds: float = 1.0):
+    project = await owner.project()
+    name = uniq("slow")
+    wf = await owner.workflow(project, linear(("start", "webhook", {}),
+                                              ("call", "http_call", {"url": f"{world.url}/slow/{name}?s={seconds}"}),
+                                              ("after", "transform", {"expression": "`1`"})))
+    run_id = await owner.start(wf["id"])
+
+    async def arrived():
+        return world.counts[name] >= 1
+
+    await wait_for(arrived, 10, 0.02, "the slow call to arrive")
+    return project, run_id, name
+
+
+async def test_cancel_lets_the_inflight_step_finish_and_starts_nothing_new(owner, make_client, world):
+    project, run_id, name = await _blocked_run(owner, world)
+    viewer = make_client()
+    await owner.add_member(project, viewer, "viewer")
+    assert (await viewer.post(f"/runs/{run_id}/cancel")).status_code == 403
+    assert (await make_client().post(f"/runs/{run_id}/cancel")).status_code == 404
+
+    r = await owner.post(f"/runs/{run_id}/cancel")
+    assert r.status_code == 202, r.text
+    run = await owner.wait(run_id, ("succeeded", "failed", "cancelled", "paused"))
+    assert run["status"] == "cancelled"
+    assert run["finished_at"] is not None
+    s = steps_by_key(run)
+    assert s["call"]["status"] == "succeeded"  # in flight when cancelled: it finished
+    assert s["after"]["status"] == "cancelled"
+    assert s["after"]["started_at"] is None and s["after"]["attempt"] == 0
+    assert len(world.seen(name)) == 1
+    types = [e["type"] for e in await events(owner, run_id)]
+    assert "run_cancel_requested" in types and types[-1] == "run_cancelled"
+
+    r = await owner.post(f"/runs/{run_id}/cancel")
+    assert r.status_code == 409
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert (await owner.post(f"/runs/{run_id}/pause")).status_code == 409
+
+
+async def test_pause_lets_the_inflight_step_finish_then_the_run_is_paused(owner, make_client, world):
+    project, run_id, _ = await _blocked_run(owner, world)
+    viewer = make_client()
+    await owner.add_member(project, viewer, "viewer")
+    assert (await viewer.post(f"/runs/{run_id}/pause")).status_code == 403
+
+    r = await owner.post(f"/runs/{run_id}/pause")
+    assert r.status_code == 202, r.text
+    run = await owner.wait(run_id)
+    assert run["status"] == "paused"
+    assert run["finished_at"] is None
+    s = steps_by_key(run)
+    assert s["call"]["status"] == "succeeded"
+    assert s["after"]["status"] == "paused"
+    assert s["after"]["started_at"] is None
+    assert (await owner.post(f"/runs/{run_id}/pause")).status_code == 409
+
+    # A paused run is cancelled on the spot.
+    r = await owner.post(f"/runs/{run_id}/cancel")
+    assert r.status_code == 202
+    assert r.json()["status"] == "cancelled"
+    run = await owner.run(run_id)
+    assert run["status"] == "cancelled"
+    assert run["finished_at"] is not None
+
+
+async def test_cancel_wakes_a_sleeping_run(owner):
+    project = await owner.project()
+    wf = await owner.workflow(project, linear(("start", "webhook", {}), ("wait", "delay", {"seconds": 60}),
+                                              ("after", "transform", {"expression": "`1`"})))
+    run_id = await owner.start(wf["id"])
+
+    async def sleeping():
+        run = await owner.run(run_id)
+        return steps_by_key(run)["wait"]["status"] == "running"
+
+    await wait_for(sleeping, 10, 0.05, "the delay to start")
+    assert (await owner.post(f"/runs/{run_id}/cancel")).status_code == 202
+    run = await owner.wait(run_id, timeout=10)
+    assert run["status"] == "cancelled"
+    s = steps_by_key(run)
+    assert (s["wait"]["status"], s["after"]["status"]) == ("cancelled", "cancelled")
