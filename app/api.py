@@ -38,7 +38,8 @@ _DESCRIPTIONS = {
 
 
 _HEADERS = {
-    401: {"WWW-Authenticate": {"description": "`Bearer error=\"invalid_token\"`", "schema": {"type": "string"}}},
+    401: {"WWW-Authenticate": {"description": "`Bearer` when no token was sent, else `Bearer error=\"invalid_token\"` "
+                                              "(RFC 6750)", "schema": {"type": "string"}}},
     503: {"Retry-After": {"description": "Seconds to wait before retrying", "schema": {"type": "string"}}},
 }
 

@@ -32,8 +32,10 @@ class DomainError(Exception):
 class Unauthorized(DomainError):
     status, code, title = 401, "unauthorized", "Unauthorized"
 
-    def __init__(self, detail: str | None = None, **extra: Any):
-        super().__init__(detail, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}, **extra)
+    def __init__(self, detail: str | None = None, *, token_sent: bool = True, **extra: Any):
+        # RFC 6750 §3.1: no error code when the request carried no token at all.
+        challenge = 'Bearer error="invalid_token"' if token_sent else "Bearer"
+        super().__init__(detail, headers={"WWW-Authenticate": challenge}, **extra)
 
 
 class Forbidden(DomainError):

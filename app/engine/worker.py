@@ -36,7 +36,8 @@ class Worker:
         self.settings = settings
         self.cipher = cipher
         self.id = f"{socket.gethostname()}:{os.getpid()}:{name}:{uuid.uuid4().hex[:6]}"
-        self.db = Database(database_url, pool_size=max(4, min(settings.worker_concurrency, 20)),
+        # Steps hold a connection only to write; 8 (+8 overflow) keep up with 32 concurrent steps.
+        self.db = Database(database_url, pool_size=max(2, min(settings.worker_concurrency // 4, 8)),
                            application_name="meshhook-worker", connect_timeout_s=settings.db_connect_timeout_s,
                            command_timeout_s=settings.db_command_timeout_s)
         self.notify = settings.notify_enabled if notify is None else notify

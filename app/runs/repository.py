@@ -113,6 +113,16 @@ class RunRepository:
             " finished_at = case when $3 then clock_timestamp() else finished_at end where id = $1",
             run_id, status, final)
 
+    async def cancel_open_steps(self, run_id: uuid.UUID, project_id: uuid.UUID) -> list[str]:
+        """Paused or pending steps of a paused run become cancelled, each with its event."""
+        rows = await self.tx.fetch(
+            "with s as (update step_runs set status = 'cancelled', finished_at = clock_timestamp()"
+            " where run_id = $1 and status in ('pending', 'paused', 'running') returning step_key, position),"
+            " e as (insert into run_events (run_id, project_id, type, step_key, payload)"
+            " select $1, $2, 'step_cancelled', step_key, '{\"by\": \"operator\"}'::jsonb from s order by position)"
+            " select step_key from s", run_id, project_id)
+        return [r["step_key"] for r in rows]
+
     async def events(self, run_id: uuid.UUID, after: int, limit: int):
         return await self.tx.fetch(
             "select id, run_id, type, step_key, payload, at from run_events where run_id = $1 and id > $2"

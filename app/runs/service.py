@@ -165,6 +165,7 @@ async def request_stop(tx: Tx, run_id: uuid.UUID, action: str) -> dict:
     if run["status"] == "paused":
         if action == "pause":
             raise Conflict("The run is already paused.")
+        await repo.cancel_open_steps(run_id, run["project_id"])
         await repo.set_status(run_id, "cancelled", final=True)
         await repo.add_event(run_id, run["project_id"], "run_cancelled", payload={"by": "operator"})
     else:

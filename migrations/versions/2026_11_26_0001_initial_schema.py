@@ -309,6 +309,10 @@ create policy steps_select on step_runs for select to authenticated
   using (project_id in (select meshhook_projects('viewer')));
 create policy steps_insert on step_runs for insert to authenticated
   with check (project_id in (select meshhook_projects('editor')));
+-- Editors cancel paused runs (nothing is in flight, so no worker is involved).
+create policy steps_update on step_runs for update to authenticated
+  using (project_id in (select meshhook_projects('editor')))
+  with check (project_id in (select meshhook_projects('editor')));
 
 create policy events_select on run_events for select to authenticated
   using (project_id in (select meshhook_projects('viewer')));
@@ -318,7 +322,7 @@ create policy events_insert on run_events for insert to authenticated
 create policy audit_select on audit_log for select to authenticated
   using (project_id in (select meshhook_projects('owner')));
 create policy audit_insert on audit_log for insert to authenticated
-  with check (actor_id = (select auth.uid()) and project_id in (select meshhook_projects('viewer')));
+  with check (actor_id = (select auth.uid()) and project_id in (select meshhook_projects('editor')));
 
 create policy idem_select on idempotency_records for select to authenticated
   using (user_id = (select auth.uid()));
@@ -336,7 +340,7 @@ grant select (id, project_id, slug, name, latest_version, created_by, created_at
   on workflows to authenticated;
 grant select, insert on workflow_versions to authenticated;
 grant select, insert, update (status, control, finished_at, updated_at, error, wake_at) on runs to authenticated;
-grant select, insert on step_runs to authenticated;
+grant select, insert, update (status, finished_at) on step_runs to authenticated;
 grant select, insert on run_events to authenticated;
 grant select, insert on audit_log to authenticated;
 grant select, insert, update on idempotency_records to authenticated;

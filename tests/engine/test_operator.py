@@ -71,6 +71,10 @@ async def test_pause_lets_the_inflight_step_finish_then_the_run_is_paused(owner,
     run = await owner.run(run_id)
     assert run["status"] == "cancelled"
     assert run["finished_at"] is not None
+    s = steps_by_key(run)
+    assert s["call"]["status"] == "succeeded" and s["after"]["status"] == "cancelled"
+    events = (await owner.get(f"/runs/{run_id}/events")).json()["items"]
+    assert [e["step_key"] for e in events if e["type"] == "step_cancelled"] == ["after"]
 
 
 async def test_cancel_wakes_a_sleeping_run(owner):
