@@ -35,6 +35,12 @@ _UNAVAILABLE = (
     asyncpg.exceptions.ConnectionFailureError,
 )
 
+# At BEGIN, the first statement on a pooled connection, these mean the connection is unusable. An
+# idle connection that has just been sent the server's "terminating connection" error, but not yet
+# its end of stream, is not closed yet and refuses work with InternalClientError ("cannot switch to
+# state 15; another operation (2) is in progress").
+_STALE = (*_UNAVAILABLE, asyncpg.exceptions.InternalClientError)
+
 
 def sqlalchemy_url(url: str) -> str:
     for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
@@ -168,7 +174,7 @@ class Database:
                     # `authenticated` role with the verified claims (simple-query protocol).
                     await raw.execute(_begin_sql(claims_json))
                     return sa_conn, raw
-            except _UNAVAILABLE as exc:
+            except _STALE as exc:
                 await self._discard(sa_conn)
                 if retried or isinstance(exc, asyncio.TimeoutError):  # slow is not gone: no second wait
                     raise DatabaseUnavailable() from exc

@@ -171,8 +171,10 @@ class Worker:
                 backoff = 0.05
             except asyncio.CancelledError:
                 raise
-            except (DatabaseUnavailable, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("claim failed; retrying", extra={"worker": self.id, "error": type(exc).__name__})
+            except Exception as exc:  # noqa: BLE001 - a claim loop that died would leave a live but idle worker
+                expected = isinstance(exc, (DatabaseUnavailable, OSError, asyncpg.PostgresError, asyncpg.InterfaceError))
+                log.warning("claim failed; retrying", exc_info=not expected,
+                            extra={"worker": self.id, "error": type(exc).__name__})
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 self._wake.set()

@@ -53,13 +53,14 @@ def parse_request(raw: bytes) -> ResumeRequest:
         raise Unprocessable("The resume request is not valid.", errors=_errors_of(exc)) from None
 
 
-async def _plan_for(tx: Tx, run, statuses: dict[str, str], req_step: str, version_choice) -> tuple[ResumePlan, int, Any, Any]:
+async def _plan_for(tx: Tx, run, statuses: dict[str, str], req_step: str, version_choice,
+                    step_loc: str = "body") -> tuple[ResumePlan, int, Any, Any]:
     """Validate state and build the plan; raises 422/409 as DESIGN §5 says."""
     dag = await dag_cache.get(tx, run["workflow_id"], run["workflow_version"])
     eligible = eligible_steps(dag, run["status"], statuses)
     if req_step not in dag.steps:
         raise Unprocessable(f"The workflow has no step {req_step!r}.", eligible_steps=eligible,
-                            errors=[{"loc": ["body", "from_step"], "msg": "unknown step"}])
+                            errors=[{"loc": [step_loc, "from_step"], "msg": "unknown step"}])
     if req_step not in eligible:
         if run["status"] not in RESUMABLE_RUN:
             why = f"the run is {run['status']}; only failed, paused or cancelled runs can be resumed"
@@ -88,7 +89,7 @@ async def _plan_for(tx: Tx, run, statuses: dict[str, str], req_step: str, versio
 async def resume_plan(tx: Tx, run_id: uuid.UUID, from_step: str) -> dict:
     run = await run_for(tx, run_id, "viewer")
     statuses = {r["step_key"]: r["status"] for r in await RunRepository(tx).step_statuses(run_id)}
-    plan, *_ = await _plan_for(tx, run, statuses, from_step, "original")
+    plan, *_ = await _plan_for(tx, run, statuses, from_step, "original", step_loc="query")
     return {"from_step": plan.from_step, "reuse": plan.reuse, "rerun": plan.rerun, "eligible_steps": plan.eligible_steps}
 
 

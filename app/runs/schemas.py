@@ -70,7 +70,7 @@ _RUN_EXAMPLE = {
          "output": {"amount": 42}, "error": None, "started_at": "2026-11-26T10:00:00.012Z",
          "finished_at": "2026-11-26T10:00:00.013Z", "reused_from": None, "eligible_for_resume": False},
         {"key": "charge", "type": "http_call", "status": "failed", "attempt": 3,
-         "input": {"method": "POST", "url": "https://api.example.com/charge"}, "output": None,
+         "input": {"method": "POST", "url": "http://127.0.0.1:8080/charge"}, "output": None,
          "error": {"type": "http_error", "status": 503, "message": "HTTP 503"},
          "started_at": "2026-11-26T10:00:00.015Z", "finished_at": "2026-11-26T10:00:03.190Z",
          "reused_from": None, "eligible_for_resume": True},

@@ -13,7 +13,7 @@ EXAMPLE_DEFINITION = {
     "nodes": [
         {"id": "start", "data": {"type": "webhook"}},
         {"id": "charge", "data": {"type": "http_call", "config": {
-            "method": "POST", "url": "https://api.example.com/charge",
+            "method": "POST", "url": "http://127.0.0.1:8080/charge",
             "headers": {"Authorization": "Bearer {{ secrets.API_TOKEN }}"},
             "body": {"amount": "{{ input.amount }}"}}}},
         {"id": "summary", "data": {"type": "transform", "config": {"expression": "{id: steps.charge.body.id}"}}},

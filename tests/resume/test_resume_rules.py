@@ -83,6 +83,8 @@ async def test_state_validation_409_and_422_are_audited_as_rejected(owner, world
     assert r.status_code == 409 and r.json()["eligible_steps"] == ["call"]
     r = await owner.resume(run["id"], "nope")
     assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["body", "from_step"]
+    r = await owner.get(f"/runs/{run['id']}/resume-plan", params={"from_step": "nope"})
+    assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["query", "from_step"]
     r = await owner.post(f"/runs/{run['id']}/resume", {"from_step": "call", "colour": "red"})
     assert r.status_code == 422 and any(e["loc"][-1] == "colour" for e in r.json()["errors"])
     r = await owner.post(f"/runs/{run['id']}/resume", content=b"{not json", headers={"content-type": "application/json"})

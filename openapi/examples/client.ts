@@ -1,0 +1,118 @@
+// A small MeshHook client on fetch, typed by `openapi-typescript` from ../openapi.json
+// (run ./typecheck.sh). It lists runs, reads a run and resumes it from its failed step.
+import type { components, operations, paths } from "./generated/api";
+
+export type Run = components["schemas"]["RunRead"];
+export type RunDetail = components["schemas"]["RunDetail"];
+export type Step = components["schemas"]["StepRead"];
+export type RunList = components["schemas"]["RunList"];
+export type ResumeRequest = components["schemas"]["ResumeRequest"];
+export type ResumePlan = components["schemas"]["ResumePlanRead"];
+export type Problem = components["schemas"]["Problem"];
+export type RunStatus = Run["status"];
+export type ListRunsQuery = NonNullable<operations["runs-list"]["parameters"]["query"]>;
+
+type RunPath = keyof paths & `/runs${string}`;
+
+/** An RFC 9457 problem+json answer, with the fields the resume endpoint adds. */
+export class ProblemError extends Error {
+  constructor(readonly problem: Problem) {
+    super(`${problem.status} ${problem.title}: ${problem.detail ?? ""}`);
+  }
+  get eligibleSteps(): string[] {
+    return this.problem.eligible_steps ?? [];
+  }
+  get activeRunId(): string | null {
+    return this.problem.active_run_id ?? null;
+  }
+}
+
+export class MeshHookClient {
+  constructor(
+    private readonly baseUrl: string,
+    private readonly token: string,
+  ) {}
+
+  private async request<T>(method: "GET" | "POST", path: string, body?: unknown, headers: Record<string, string> = {}): Promise<T> {
+    const init: RequestInit = {
+      method,
+      headers: { Authorization: `Bearer ${this.token}`, Accept: "application/json", ...headers },
+    };
+    if (body !== undefined) {
+      init.body = JSON.stringify(body);
+      (init.headers as Record<string, string>)["Content-Type"] = "application/json";
+    }
+    const res = await fetch(this.baseUrl + path, init);
+    if (!res.ok) {
+      throw new ProblemError((await res.json()) as Problem);
+    }
+    return (await res.json()) as T;
+  }
+
+  /** GET /runs — newest first; follow `next_cursor` for the next page. */
+  listRuns(query: ListRunsQuery = {}): Promise<RunList> {
+    const params = new URLSearchParams();
+    for (const [key, value] of Object.entries(query)) {
+      if (value !== undefined && value !== null) params.set(key, String(value));
+    }
+    const qs = params.toString();
+    const path: RunPath = "/runs";
+    return this.request<operations["runs-list"]["responses"][200]["content"]["application/json"]>(
+      "GET", qs ? `${path}?${qs}` : path);
+  }
+
+  /** GET /runs/{run_id} — the run with its steps and the runs resumed from it. */
+  getRun(runId: paths["/runs/{run_id}"]["get"]["parameters"]["path"]["run_id"]): Promise<RunDetail> {
+    return this.request<RunDetail>("GET", `/runs/${encodeURIComponent(runId)}`);
+  }
+
+  /** GET /runs/{run_id}/resume-plan — what a resume from `fromStep` would reuse and re-execute. */
+  resumePlan(runId: string, fromStep: string): Promise<ResumePlan> {
+    const query: operations["runs-resume-plan"]["parameters"]["query"] = { from_step: fromStep };
+    return this.request<ResumePlan>("GET", `/runs/${encodeURIComponent(runId)}/resume-plan?${new URLSearchParams(query)}`);
+  }
+
+  /** POST /runs/{run_id}/resume — 202 with the new run; retries with the same key return the same run. */
+  resume(runId: string, body: ResumeRequest, idempotencyKey?: string): Promise<RunDetail> {
+    const headers: Record<string, string> = {};
+    if (idempotencyKey) headers["Idempotency-Key"] = idempotencyKey;
+    return this.request<operations["runs-resume"]["responses"][202]["content"]["application/json"]>(
+      "POST", `/runs/${encodeURIComponent(runId)}/resume`, body, headers);
+  }
+}
+
+const FINAL: readonly RunStatus[] = ["succeeded", "failed", "cancelled"];
+
+export function isFinal(run: Run): boolean {
+  return FINAL.includes(run.status);
+}
+
+/** The step a console would offer to resume from: the first failed (or paused) eligible step. */
+export function resumableStep(run: RunDetail): Step | undefined {
+  return run.steps.find((s) => s.eligible_for_resume && (s.status === "failed" || s.status === "paused"));
+}
+
+/** Resume every failed run of a workflow from its failed step and return the new runs. */
+export async function resumeFailedRuns(client: MeshHookClient, workflowId: string, reason: string): Promise<RunDetail[]> {
+  const resumed: RunDetail[] = [];
+  let cursor: string | null | undefined;
+  do {
+    const page = await client.listRuns({ workflow_id: workflowId, status: "failed", limit: 50, ...(cursor ? { cursor } : {}) });
+    for (const summary of page.items) {
+      const run = await client.getRun(summary.id);
+      const step = resumableStep(run);
+      if (!step || run.resumed_runs.length > 0) continue;
+      try {
+        const plan = await client.resumePlan(run.id, step.key);
+        const child = await client.resume(run.id, { from_step: plan.from_step, reason, workflow_version: "original" },
+                                          `${run.id}:${step.key}`);
+        resumed.push(child);
+      } catch (err) {
+        if (err instanceof ProblemError && err.problem.status === 409 && err.activeRunId) continue; // already resuming
+        throw err;
+      }
+    }
+    cursor = page.next_cursor;
+  } while (cursor);
+  return resumed;
+}

@@ -1,0 +1,120 @@
+"""Resume a failed run from its failed step, end to end, with httpx.
+
+Creates a project and a workflow `webhook → http_call(<url>) → transform`, starts a run, waits
+until it fails at the HTTP call, shows the resume plan, waits for you to fix the upstream service
+(press Enter), resumes from the failed step and waits for the resumed run to succeed.
+
+    python python_client.py --base-url http://127.0.0.1:8000 --token "$TOKEN" https://upstream.example/charge
+
+The base URL and token may also come from MESHHOOK_URL and MESHHOOK_TOKEN (`meshhook token --sub <uuid>`
+mints a dev token). The last line printed is a JSON summary. Exit status: 0 when the resumed run
+succeeded, 1 when it did not, 2 on an API error (its problem+json is printed).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import uuid
+
+import httpx
+
+FINAL = {"succeeded", "failed", "cancelled", "paused"}
+
+
+class ApiError(Exception):
+    def __init__(self, response: httpx.Response):
+        try:
+            self.problem = response.json()
+        except ValueError:
+            self.problem = {"status": response.status_code, "detail": response.text}
+        super().__init__(f"{response.request.method} {response.request.url.path} → "
+                         f"{self.problem.get('status')} {self.problem.get('title', '')}: {self.problem.get('detail')}")
+
+
+def call(client: httpx.Client, method: str, path: str, expected: int, **kwargs) -> dict:
+    response = client.request(method, path, **kwargs)
+    if response.status_code != expected:
+        raise ApiError(response)
+    return response.json()
+
+
+def wait_for_run(client: httpx.Client, run_id: str, timeout_s: float) -> dict:
+    """Poll GET /runs/{run_id} until the run stops (or give up after timeout_s)."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.05
+    while True:
+        run = call(client, "GET", f"/runs/{run_id}", 200)
+        if run["status"] in FINAL or time.monotonic() > deadline:
+            return run
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
+
+
+def definition(url: str) -> dict:
+    return {
+        "nodes": [
+            {"id": "start", "data": {"type": "webhook"}},
+            {"id": "charge", "data": {"type": "http_call", "config": {
+                "method": "POST", "url": url, "body": {"amount": "{{ input.amount }}"},
+                "retry": {"max_attempts": 1}}}},
+            {"id": "summary", "data": {"type": "transform", "config": {
+                "expression": "{amount: input.amount, upstream_status: steps.charge.status}"}}},
+        ],
+        "edges": [{"source": "start", "target": "charge"}, {"source": "charge", "target": "summary"}],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("url", help="the upstream URL the http_call step calls (it should fail at first)")
+    parser.add_argument("--base-url", default=os.environ.get("MESHHOOK_URL", "http://127.0.0.1:8000"))
+    parser.add_argument("--token", default=os.environ.get("MESHHOOK_TOKEN"))
+    parser.add_argument("--timeout", type=float, default=60, help="seconds to wait for each run")
+    args = parser.parse_args(argv)
+    if not args.token:
+        parser.error("a token is required: --token or MESHHOOK_TOKEN")
+
+    headers = {"Authorization": f"Bearer {args.token}"}
+    with httpx.Client(base_url=args.base_url, headers=headers, timeout=30) as client:
+        try:
+            project = call(client, "POST", "/projects", 201, json={"name": "resume example"})
+            workflow = call(client, "POST", f"/projects/{project['id']}/workflows", 201, json={
+                "slug": f"charge-{uuid.uuid4().hex[:8]}", "name": "Charge", "definition": definition(args.url)})
+            run = call(client, "POST", f"/workflows/{workflow['id']}/runs", 202, json={"input": {"amount": 42}})
+            print(f"started run {run['id']}")
+
+            run = wait_for_run(client, run["id"], args.timeout)
+            if run["status"] != "failed":
+                print(f"expected the run to fail at the upstream call, but it is {run['status']}")
+                return 1
+            step = next(s for s in run["steps"] if s["eligible_for_resume"])
+            print(f"run {run['id']} failed at step {step['key']!r}: {step['error']}")
+
+            plan = call(client, "GET", f"/runs/{run['id']}/resume-plan", 200, params={"from_step": step["key"]})
+            print(f"a resume from {plan['from_step']!r} reuses {plan['reuse']} and re-executes {plan['rerun']}")
+
+            print("fix the upstream service, then press Enter to resume", flush=True)
+            sys.stdin.readline()
+
+            resumed = call(client, "POST", f"/runs/{run['id']}/resume", 202,
+                           json={"from_step": step["key"], "reason": "upstream fixed"},
+                           headers={"Idempotency-Key": f"{run['id']}:{step['key']}"})
+            print(f"resumed as run {resumed['id']}")
+            resumed = wait_for_run(client, resumed["id"], args.timeout)
+        except ApiError as exc:
+            print(exc, file=sys.stderr)
+            print(json.dumps(exc.problem), file=sys.stderr)
+            return 2
+
+    steps = {s["key"]: s for s in resumed["steps"]}
+    print(json.dumps({"run_id": run["id"], "resumed_run_id": resumed["id"], "status": resumed["status"],
+                      "reused": [k for k, s in steps.items() if s["reused_from"]],
+                      "output": steps["summary"]["output"]}))
+    return 0 if resumed["status"] == "succeeded" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

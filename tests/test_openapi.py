@@ -1,0 +1,136 @@
+"""The committed OpenAPI spec is the app's spec, and it keeps the contract's names and error shapes."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from app.main import create_app
+from tests.support import ROOT
+
+SPEC_PATH = ROOT / "openapi" / "openapi.json"
+PATH_PARAMETERS = {"project_id", "workflow_id", "run_id", "step_key", "name"}
+# DESIGN §6: every route, by operation id.
+OPERATIONS = {
+    ("get", "/healthz"): "health-live",
+    ("get", "/readyz"): "health-ready",
+    ("get", "/metrics"): "health-metrics",
+    ("post", "/projects"): "projects-create",
+    ("get", "/projects"): "projects-list",
+    ("post", "/projects/{project_id}/members"): "projects-members-add",
+    ("get", "/projects/{project_id}/members"): "projects-members-list",
+    ("put", "/projects/{project_id}/secrets/{name}"): "projects-secrets-put",
+    ("post", "/projects/{project_id}/workflows"): "workflows-create",
+    ("post", "/workflows/{workflow_id}/versions"): "workflows-versions-create",
+    ("get", "/workflows/{workflow_id}"): "workflows-get",
+    ("post", "/workflows/{workflow_id}/runs"): "runs-start",
+    ("post", "/hooks/{workflow_id}"): "hooks-deliver",
+    ("get", "/runs"): "runs-list",
+    ("get", "/runs/{run_id}"): "runs-get",
+    ("get", "/runs/{run_id}/lineage"): "runs-lineage",
+    ("get", "/runs/{run_id}/steps/{step_key}"): "runs-step-get",
+    ("get", "/runs/{run_id}/events"): "runs-events",
+    ("post", "/runs/{run_id}/cancel"): "runs-cancel",
+    ("post", "/runs/{run_id}/pause"): "runs-pause",
+    ("get", "/runs/{run_id}/resume-plan"): "runs-resume-plan",
+    ("post", "/runs/{run_id}/resume"): "runs-resume",
+    ("get", "/projects/{project_id}/audit"): "audit-list",
+}
+PUBLIC = {"health-live", "health-ready", "health-metrics", "hooks-deliver"}
+PROBLEM_CONTENT = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+
+
+@pytest.fixture(scope="module")
+def spec() -> dict:
+    return create_app().openapi()
+
+
+def operations(spec: dict):
+    for path, item in spec["paths"].items():
+        for method, op in item.items():
+            yield method, path, op
+
+
+def test_the_committed_spec_is_the_apps_spec(spec):
+    committed = json.loads(SPEC_PATH.read_text())
+    # Round-trip the app's spec through JSON so tuples, ints-as-keys etc. compare as they would be written.
+    assert json.loads(json.dumps(spec)) == committed, (
+        "openapi/openapi.json is out of date: run `meshhook openapi` (or `python -m app.cli openapi`) and commit it")
+
+
+def test_every_contract_route_has_its_operation_id(spec):
+    found = {(method, path): op.get("operationId") for method, path, op in operations(spec)}
+    assert found == OPERATIONS
+    for op_id in found.values():
+        assert re.fullmatch(r"[a-z]+(-[a-z]+)*", op_id), op_id
+
+
+def test_path_parameters_use_the_contract_names(spec):
+    for method, path, op in operations(spec):
+        in_path = set(re.findall(r"{(\w+)}", path))
+        declared = {p["name"] for p in op.get("parameters", []) if p["in"] == "path"}
+        assert declared == in_path, (method, path)
+        assert in_path <= PATH_PARAMETERS, (method, path, in_path)
+
+
+def test_every_operation_is_tagged_summarised_and_secured(spec):
+    tags = {t["name"]: t for t in spec["tags"]}
+    assert all(t.get("description") for t in tags.values())
+    assert spec["components"]["securitySchemes"]["bearerAuth"] == {
+        "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+        "description": spec["components"]["securitySchemes"]["bearerAuth"]["description"]}
+    for method, path, op in operations(spec):
+        assert len(op["tags"]) == 1 and op["tags"][0] in tags, (method, path)
+        assert op.get("summary"), (method, path)
+        if op["operationId"] in PUBLIC:
+            assert "security" not in op, (method, path)
+        else:
+            assert op["security"] == [{"bearerAuth": []}], (method, path)
+            assert "401" in op["responses"], (method, path)
+
+
+def test_every_error_response_is_problem_json_with_the_shared_schema(spec):
+    for method, path, op in operations(spec):
+        for code, response in op["responses"].items():
+            if int(code) >= 400:
+                assert response["content"] == PROBLEM_CONTENT, (method, path, code)
+                assert response["description"], (method, path, code)
+        if op["operationId"] not in ("health-live", "health-metrics"):
+            assert "503" in op["responses"], (method, path)
+        if op.get("parameters") or "requestBody" in op:
+            assert "422" in op["responses"], (method, path)
+        if "requestBody" in op:
+            assert "413" in op["responses"], (method, path)
+    problem = spec["components"]["schemas"]["Problem"]
+    assert {"type", "title", "status", "detail", "instance", "request_id"} <= set(problem["required"])
+    assert {"errors", "eligible_steps", "active_run_id"} <= set(problem["properties"])
+
+
+def test_resume_documents_its_body_and_conflicts(spec):
+    op = spec["paths"]["/runs/{run_id}/resume"]["post"]
+    body = op["requestBody"]["content"]["application/json"]
+    assert body["schema"] == {"$ref": "#/components/schemas/ResumeRequest"}
+    assert body["examples"]
+    schema = spec["components"]["schemas"]["ResumeRequest"]
+    assert schema["required"] == ["from_step"]
+    assert set(schema["properties"]) == {"from_step", "input", "workflow_version", "reason"}
+    assert {"202", "403", "404", "409", "422"} <= set(op["responses"])
+    assert op["responses"]["202"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/RunDetail"}
+
+
+def test_every_reference_resolves(spec):
+    refs = set(re.findall(r'"\$ref": "#/components/schemas/(\w+)"', json.dumps(spec)))
+    assert refs <= set(spec["components"]["schemas"]), refs - set(spec["components"]["schemas"])
+
+
+def test_response_fields_the_server_always_sends_are_required(spec):
+    schemas = spec["components"]["schemas"]
+    run = schemas["RunDetail"]
+    assert {"id", "status", "trigger", "input", "error", "parent_run_id", "root_run_id", "resumed_from_step",
+            "created_by", "created_at", "started_at", "finished_at", "steps", "resumed_runs"} <= set(run["required"])
+    step = schemas["StepRead"]
+    assert {"key", "type", "status", "attempt", "input", "output", "error", "started_at", "finished_at",
+            "reused_from", "eligible_for_resume"} <= set(step["required"])
+    for name in ("RunList", "ProjectList", "MemberList", "EventList", "AuditList"):
+        assert set(schemas[name]["required"]) == {"items", "next_cursor"}, name

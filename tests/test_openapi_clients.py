@@ -1,0 +1,74 @@
+"""Clients built from the spec work: the TypeScript example type-checks against types generated
+from openapi/openapi.json, and the Python example resumes a failed run on a live server."""
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from tests.conftest import steps_by_key
+from tests.support import ROOT
+
+EXAMPLES = ROOT / "openapi" / "examples"
+
+
+def test_the_typescript_client_type_checks_against_the_generated_types():
+    missing = [tool for tool in ("node", "npm", "npx") if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"Node.js is not installed ({', '.join(missing)} not on PATH): "
+                    "the TypeScript client check needs Node.js 18+ and npm")
+    proc = subprocess.run(["bash", str(EXAMPLES / "typecheck.sh")], cwd=EXAMPLES, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, f"typecheck.sh failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    generated = (EXAMPLES / "generated" / "api.d.ts").read_text()
+    assert '"runs-resume": {' in generated and "ResumeRequest: {" in generated
+
+
+async def test_the_python_client_resumes_a_failed_run(service, keys, world, make_client):
+    gate = f"example-{uuid.uuid4().hex[:8]}"
+    user = make_client()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(EXAMPLES / "python_client.py"), "--base-url", service.url, "--token", user.token,
+        "--timeout", "30", f"{world.url}/gate/{gate}",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    lines: list[str] = []
+    try:
+        # The script waits for Enter once the run has failed: that is when the upstream gets fixed.
+        while True:
+            line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+            assert line, f"the script ended early: {''.join(lines)}{(await proc.stderr.read()).decode()}"
+            lines.append(line)
+            if line.startswith("fix the upstream service"):
+                break
+        assert any(" failed at step 'charge'" in ln for ln in lines), lines
+        assert len(world.seen(gate)) == 1  # one attempt, while the gate was closed
+        world.open(gate)
+        proc.stdin.write(b"\n")
+        await proc.stdin.drain()
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    lines += out.decode().splitlines(keepends=True)
+    assert proc.returncode == 0, f"{''.join(lines)}\n{err.decode()}"
+    summary = json.loads(lines[-1])
+    assert summary["status"] == "succeeded"
+    assert summary["reused"] == ["start"]
+    assert summary["output"] == {"amount": 42, "upstream_status": 200}
+
+    # What the user sees through the API agrees with what the script printed.
+    parent = await user.run(summary["run_id"])
+    child = await user.run(summary["resumed_run_id"])
+    assert parent["status"] == "failed" and parent["resumed_runs"] == [child["id"]]
+    assert child["parent_run_id"] == parent["id"] and child["trigger"] == "resume"
+    assert child["resumed_from_step"] == "charge"
+    steps = steps_by_key(child)
+    assert steps["start"]["reused_from"] is not None
+    assert steps["charge"]["status"] == "succeeded" and steps["charge"]["reused_from"] is None
+    assert [r["status"] for r in world.seen(gate)] == [500, 200]
