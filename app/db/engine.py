@@ -35,10 +35,11 @@ _UNAVAILABLE = (
     asyncpg.exceptions.ConnectionFailureError,
 )
 
-# At BEGIN, the first statement on a pooled connection, these mean the connection is unusable. An
-# idle connection that has just been sent the server's "terminating connection" error, but not yet
-# its end of stream, is not closed yet and refuses work with InternalClientError ("cannot switch to
-# state 15; another operation (2) is in progress").
+# These mean the connection is unusable and must not go back to the pool. A connection that has
+# just been sent the server's "terminating connection" error (a restart), but not yet its end of
+# stream, is not closed yet and refuses its next statement with InternalClientError ("cannot switch
+# to state 12; another operation (2) is in progress"). Statements on a Tx never overlap, so here
+# that error means the server went away (a 503), not a misuse (a 500).
 _STALE = (*_UNAVAILABLE, asyncpg.exceptions.InternalClientError)
 
 
@@ -203,7 +204,7 @@ class Database:
                 raise
             else:
                 await raw.execute("COMMIT")
-        except _UNAVAILABLE as exc:
+        except _STALE as exc:
             with contextlib.suppress(Exception):
                 await sa_conn.invalidate()
             raise DatabaseUnavailable() from exc

@@ -32,11 +32,13 @@ class IdempotencyRepository:
 # serializes concurrent resumes of a run; the unique index uq_runs_one_active_child backs it up.
 _LOCK_PARENT = """
 select r.id, r.project_id, r.workflow_id, r.workflow_version, r.status, r.input, r.root_run_id,
-       (select coalesce(array_agg(s.step_key), '{}') from step_runs s where s.run_id = r.id) as step_keys,
-       (select coalesce(array_agg(s.status), '{}') from step_runs s where s.run_id = r.id) as step_statuses,
+       coalesce(st.keys, '{}') as step_keys, coalesce(st.statuses, '{}') as step_statuses,
        (select c.id from runs c where c.parent_run_id = r.id and c.status in ('queued', 'running') limit 1)
          as active_child
-from runs r where r.id = $1 for update of r
+from runs r
+cross join lateral (select array_agg(s.step_key) as keys, array_agg(s.status) as statuses
+                    from step_runs s where s.run_id = r.id) st
+where r.id = $1 for update of r
 """
 
 # Everything a resume writes, in one statement: the run, its pending steps, the reused steps

@@ -1,0 +1,102 @@
+"""`python -m bench [--quick] [--output PATH] [--py-spy DIR]`: run the benchmark, print a
+markdown table, write the results as JSON (bench/results.json by default)."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+from bench.runner import FULL, QUICK, run_bench
+from bench.stats import fmt
+
+HERE = Path(__file__).resolve().parent
+
+# (key, label, DESIGN §8 target, floor key)
+ROWS = [
+    ("resume_c1_p50_ms", "resume, 1 client, p50 (ms)", "≤ 3", "floor_resume_c1_p50_ms"),
+    ("resume_c1_p99_ms", "resume, 1 client, p99 (ms)", "≤ 8", "floor_resume_c1_p99_ms"),
+    ("resume_p50_ms", "resume, 32 clients, p50 (ms)", "", "floor_resume_p50_ms"),
+    ("resume_p99_ms", "resume, 32 clients, p99 (ms)", "", "floor_resume_p99_ms"),
+    ("resumes_per_s", "resumes/s, 32 clients", "≥ 500", "floor_resumes_per_s"),
+    ("resume_10_steps_p99_ms", "resume 10 steps, 1 client, p99 (ms)", "", None),
+    ("resume_100_steps_p99_ms", "resume 100 steps, 1 client, p99 (ms)", "", None),
+    ("resume_1000_steps_p99_ms", "resume 1,000 steps, 1 client, p99 (ms)", "≤ 100", None),
+    ("pickup_p50_ms", "pickup with LISTEN, p50 (ms)", "", None),
+    ("pickup_p99_ms", "pickup with LISTEN, p99 (ms)", "≤ 5", None),
+    ("pickup_poll_only_p99_ms", "pickup polling only, p99 (ms)", "≤ poll interval", None),
+    ("worker_steps_per_s_1", "worker steps/s, 1 process", "≥ 1,000", None),
+    ("worker_steps_per_s_2", "worker steps/s, 2 processes", "> 1 process", None),
+]
+
+
+def table(res: dict) -> str:
+    lines = ["| metric | result | target (DESIGN §8) | floor (bare asyncpg) |", "|---|---:|---|---:|"]
+    for key, label, target, floor in ROWS:
+        if key == "pickup_poll_only_p99_ms":
+            target = f"≤ {res.get('pickup_poll_interval_s', '?')} s"
+        lines.append(f"| {label} | {fmt(res.get(key, float('nan')))} | {target} | "
+                     f"{fmt(res[floor]) if floor and floor in res else ''} |")
+    m = res.get("machine", {})
+    lines.append("")
+    lines.append(f"ratios: resume p99 / floor p99 = {fmt(res.get('ratio_resume_p99_to_floor', float('nan')))}, "
+                 f"1-client p50 / floor = {fmt(res.get('ratio_resume_c1_p50_to_floor', float('nan')))}, "
+                 f"floor throughput / ours = {fmt(res.get('ratio_floor_to_resume_throughput', float('nan')))}")
+    lines.append(f"pickup measured from the resume transaction's last write (its audit row) to the claim; "
+                 f"from the HTTP response: p50 {fmt(res.get('pickup_from_response_p50_ms', float('nan')))} ms, "
+                 f"p99 {fmt(res.get('pickup_from_response_p99_ms', float('nan')))} ms")
+    lines.append(f"load generator CPU during the 32-client run: {res.get('resume_client_cpu_share', 0):.0%} of a core; "
+                 f"API process: {res.get('resume_api_cpu_share', 0):.0%}; machine busy: "
+                 f"{res.get('resume_machine_busy_share', 0):.0%}")
+    lines.append(f"machine: {m.get('cores')} cores ({m.get('cpu')}), Python {m.get('python')}, "
+                 f"PostgreSQL {m.get('postgres')}, load average at start {m.get('loadavg_at_start')}; "
+                 f"git {res.get('git_rev')}; mode {res.get('mode')}")
+    errs = res.get("errors_logged") or {}
+    if any(errs.values()):
+        lines.append(f"**errors logged by the service/worker processes: {errs}** (see stderr)")
+    if res.get("service_env"):
+        lines.append(f"service environment overrides: {res['service_env']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="small sample sizes: seconds, for the test suite")
+    ap.add_argument("--output", type=Path, default=None,
+                    help="where to write the JSON (default bench/results.json; bench/results-quick.json with --quick)")
+    ap.add_argument("--py-spy", type=Path, default=None, metavar="DIR",
+                    help="record py-spy stacks of the API (32-client phase) and of the workers into DIR")
+    ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                    help="extra environment for the service and worker processes (repeatable), "
+                         "e.g. MESHHOOK_DB_POOL_SIZE=32; recorded in the results")
+    args = ap.parse_args(argv)
+    extra = {}
+    for item in args.env:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            ap.error(f"--env wants NAME=VALUE, got {item!r}")
+        extra[name] = value
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    out = args.output or HERE / ("results-quick.json" if args.quick else "results.json")
+    started = time.perf_counter()
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    res = asyncio.run(run_bench(QUICK if args.quick else FULL, log=log, py_spy=args.py_spy, extra_env=extra))
+    res["mode"] = "quick" if args.quick else "full"
+    res["duration_s"] = round(time.perf_counter() - started, 1)
+    res["at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2) + "\n")
+    print(table(res))
+    print(f"\nwritten to {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
