@@ -93,10 +93,12 @@ class RunDriver:
 
     # ---- persistence -----------------------------------------------------------------
     def stage(self, key: str, status: str, *, input_=None, output=None, error=None, started=None,
-              finished=None, wake_at=None, attempt_entry=None, event: str | None = None, payload=None) -> None:
-        truncated = False
-        if output is not None:
-            output, truncated = self._cap(output)
+              finished=None, wake_at=None, attempt_entry=None, event: str | None = None, payload=None,
+              truncated: bool | None = None) -> None:
+        if truncated is None:
+            truncated = False
+            if output is not None:
+                output, truncated = self._cap(output)
         self._pending_rows.append((key, status, self.attempt.get(key, 0), input_, output, truncated, error, started,
                                    finished, wake_at, [attempt_entry] if attempt_entry else None))
         if event:
@@ -199,20 +201,22 @@ class RunDriver:
                 input_=None, secret_values: list[str] | None = None, row_started: datetime | None = None) -> None:
         step = self.dag.steps[key]
         finished = _now()
-        output = redact(outcome.output, secret_values or [])
+        output, truncated = self._cap(redact(outcome.output, secret_values or [])) \
+            if outcome.output is not None else (None, False)
         error = redact(outcome.error, secret_values or [])
         self.status[key] = outcome.status
         if outcome.status == "failed":
             self.failed_any = True
         if outcome.status == "succeeded":
-            # Downstream steps see what is stored (secrets redacted), as a resumed run would.
+            # Downstream steps see what is stored (secrets redacted, oversized outputs truncated),
+            # exactly as a resumed run that reuses this step will.
             self.outputs[key] = output
         entry = {"attempt": self.attempt.get(key, 0), "status": outcome.status,
                  "started_at": started.isoformat(), "finished_at": finished.isoformat()}
         if error:
             entry["error"] = error
         self.stage(key, outcome.status, input_=input_, output=output, error=error, started=row_started,
-                   finished=finished, attempt_entry=entry, event=f"step_{outcome.status}",
+                   finished=finished, attempt_entry=entry, event=f"step_{outcome.status}", truncated=truncated,
                    payload={"attempt": self.attempt.get(key, 0), **({"error": error} if error else {})})
         STEPS_FINISHED.labels(step.type, outcome.status).inc()
         STEP_SECONDS.labels(step.type).observe(time.perf_counter() - t0)

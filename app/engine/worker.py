@@ -134,7 +134,7 @@ class Worker:
                     with contextlib.suppress(Exception):
                         await conn.close(timeout=1)
             await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+            backoff = min(backoff * 2, 1.0)  # polling covers the gap; come back soon
 
     async def _poll_loop(self) -> None:
         while not self._stopping:

@@ -80,7 +80,7 @@ class EventHub:
             if self._closing:
                 break
             await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+            backoff = min(backoff * 2, 1.0)  # polling covers the gap; come back soon
 
     async def close(self) -> None:
         self._closing = True

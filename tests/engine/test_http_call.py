@@ -117,7 +117,8 @@ async def test_huge_outputs_are_stored_truncated(owner, world, db):
     run = await run_definition(owner, linear(
         ("start", "webhook", {}),
         ("call", "http_call", {"url": f"{world.url}/big/{name}?kb=300"}),
-        ("after", "transform", {"expression": "`\"done\"`"})))
+        ("after", "transform", {"expression": "`\"done\"`"}),
+        ("seen", "transform", {"expression": "steps.call._truncated"})))
     assert run["status"] == "succeeded", run
     call = steps_by_key(run)["call"]
     assert call["output_truncated"] is True
@@ -127,6 +128,8 @@ async def test_huge_outputs_are_stored_truncated(owner, world, db):
                             uuid.UUID(run["id"]))
     assert raw <= 256 * 1024 and size <= 256 * 1024
     assert steps_by_key(run)["after"]["output"] == "done"
+    # downstream steps see the stored (truncated) output, as a resumed run reusing the step would
+    assert steps_by_key(run)["seen"]["output"] is True
 
 
 async def test_huge_error_bodies_do_not_bloat_errors_or_attempts(owner, script, db):
