@@ -62,7 +62,7 @@ async def test_a_killed_worker_is_taken_over_and_no_step_succeeds_twice(isolated
         ("start", "webhook", {}),
         ("pre", "transform", {"expression": "input.n"}),
         ("call", "http_call", {"method": "POST", "url": f"{world.url}/gate/{gate}",
-                               "retry": {"max_attempts": 10, "backoff_s": 0.1, "max_backoff_s": 0.2}}),
+                               "retry": {"max_attempts": 10, "backoff_s": 0.5, "max_backoff_s": 1.0}}),
         ("post", "transform", {"expression": "steps.call.status"})))
     a = support.start_worker(isolated.env, isolated.logs / "faults-worker-a.log", "victim")
     try:
@@ -78,6 +78,7 @@ async def test_a_killed_worker_is_taken_over_and_no_step_succeeds_twice(isolated
         async def renewed():  # the heartbeat extends the lease while the step is in flight
             row = await pool.fetchrow("select lease_owner, lease_expires_at from runs where id = $1",
                                       uuid.UUID(run_id))
+            assert row["lease_owner"] is not None, "the run was released before the worker could be killed"
             return row["lease_expires_at"] > lease["lease_expires_at"] and row["lease_owner"] == lease["lease_owner"]
 
         await wait_for(renewed, 10, 0.1, "the victim's heartbeat to renew its lease")

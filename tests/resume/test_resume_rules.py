@@ -104,7 +104,12 @@ async def test_state_validation_409_and_422_are_audited_as_rejected(owner, world
 
 
 async def test_twenty_concurrent_resumes_start_exactly_one_run(owner, make_client, world, db):
-    project, run, _ = await failed_run(owner, world)
+    # The step times out after 2 s, so the winner's child stays `running` while the others race.
+    slow = {"url": f"{world.url}/slow/race-{uuid.uuid4().hex[:6]}?s=5", "timeout_s": 2, "retry": {"max_attempts": 1}}
+    project = await owner.project()
+    wf = await owner.workflow(project, linear(("start", "webhook", {}), ("call", "http_call", slow)))
+    run = await owner.wait(await owner.start(wf["id"]))
+    assert run["status"] == "failed"
     other = make_client()
     await owner.add_member(project, other, "editor")
     results = await asyncio.gather(*[(owner if i % 2 else other).resume(run["id"], "call") for i in range(20)])
