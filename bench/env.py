@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import base64
 import os
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import jwt
+
+from tests import support
+from tests.support import drop_database  # noqa: F401 - the runner calls env.drop_database
 
 ROOT = Path(__file__).resolve().parents[1]
 HS_SECRET = "bench-hs256-secret-that-is-long-enough-for-hmac-0123456789"
@@ -24,54 +22,14 @@ SUPABASE_URL = "http://127.0.0.1:9"
 ISSUER = SUPABASE_URL + "/auth/v1"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _reachable(host: str = "127.0.0.1", port: int = 5432) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 def admin_url() -> str:
     """A maintenance database: BENCH_DATABASE_URL, else 127.0.0.1:5432, else the embedded server."""
-    if os.environ.get("BENCH_DATABASE_URL"):
-        return os.environ["BENCH_DATABASE_URL"]
-    if _reachable():
-        return "postgresql://postgres@127.0.0.1:5432/postgres"
-    import pgserver
-
-    data = Path(os.environ.get("MESHHOOK_BENCH_PGDATA", Path.home() / ".cache/meshhook-bench-pg"))
-    data.mkdir(parents=True, exist_ok=True)
-    return pgserver.get_server(str(data), cleanup_mode="stop").get_uri("postgres")
-
-
-def with_database(url: str, name: str) -> str:
-    p = urlsplit(url)
-    return urlunsplit((p.scheme, p.netloc, "/" + name, p.query, p.fragment))
+    return support.admin_url("BENCH_DATABASE_URL", "MESHHOOK_BENCH_PGDATA", ".cache/meshhook-bench-pg")
 
 
 async def create_database(admin: str) -> tuple[str, str]:
     name = f"meshhook_bench_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(admin)
-    try:
-        await conn.execute(f'create database "{name}"')
-    finally:
-        await conn.close()
-    return name, with_database(admin, name)
-
-
-async def drop_database(admin: str, name: str) -> None:
-    conn = await asyncpg.connect(admin)
-    try:
-        await conn.execute(f'drop database if exists "{name}" with (force)')
-    finally:
-        await conn.close()
+    return name, await support.create_database(admin, name)
 
 
 def service_env(database_url: str, **extra: str) -> dict:
@@ -91,15 +49,8 @@ def token(sub: uuid.UUID | str, ttl_s: int = 6 * 3600) -> str:
                        "iat": now, "exp": now + ttl_s}, HS_SECRET, algorithm="HS256")
 
 
-class Proc:
-    """One `python -m app.cli …` child process, its output in a log file."""
-
-    def __init__(self, args: list[str], env: dict, log_path: Path):
-        self.args = args
-        self.log_path = log_path
-        self._log = open(log_path, "ab")
-        self.p = subprocess.Popen([sys.executable, "-m", "app.cli", *args], cwd=ROOT, env=env,
-                                  stdout=self._log, stderr=subprocess.STDOUT)
+class Proc(support.Proc):
+    """A service or worker process of the benchmark (the tests' process wrapper, plus a few reads)."""
 
     @property
     def pid(self) -> int:
@@ -109,37 +60,16 @@ class Proc:
         return self.p.poll() is None
 
     def tail(self, n: int = 3000) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")[-n:]
+        return self.text()[-n:]
 
     def stop(self, timeout: float = 10) -> None:
-        if self.p.poll() is None:
-            self.p.terminate()
-            try:
-                self.p.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait(5)
-        self._log.close()
+        self.terminate(timeout)
+        self.log.close()
 
 
 def start_api(env: dict, log_path: Path) -> tuple[Proc, int]:
-    import httpx
-
-    port = free_port()
-    proc = Proc(["serve", "--no-worker", "--port", str(port)], env, log_path)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if not proc.alive():
-            raise RuntimeError(f"the API exited:\n{proc.tail()}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return proc, port
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    proc.stop()
-    raise RuntimeError(f"the API did not become ready:\n{proc.tail()}")
+    proc, base = support.start_api(env, log_path, worker=False, proc_class=Proc)
+    return proc, int(base.rsplit(":", 1)[1])
 
 
 def start_worker(env: dict, log_path: Path, name: str, *, notify: bool = True) -> Proc:

@@ -41,15 +41,16 @@ def _server_reachable(host="127.0.0.1", port=5432) -> bool:
         return False
 
 
-def admin_url() -> str:
-    """A URL of a maintenance database: TEST_DATABASE_URL, else 127.0.0.1:5432, else embedded."""
-    if os.environ.get("TEST_DATABASE_URL"):
-        return os.environ["TEST_DATABASE_URL"]
+def admin_url(url_env: str = "TEST_DATABASE_URL", pgdata_env: str = "MESHHOOK_TEST_PGDATA",
+              pgdata_default: str = ".cache/meshhook-test-pg") -> str:
+    """A URL of a maintenance database: $url_env, else 127.0.0.1:5432, else an embedded server."""
+    if os.environ.get(url_env):
+        return os.environ[url_env]
     if _server_reachable():
         return "postgresql://postgres@127.0.0.1:5432/postgres"
     import pgserver
 
-    data = Path(os.environ.get("MESHHOOK_TEST_PGDATA", Path.home() / ".cache/meshhook-test-pg"))
+    data = Path(os.environ.get(pgdata_env, Path.home() / pgdata_default))
     data.mkdir(parents=True, exist_ok=True)
     srv = pgserver.get_server(str(data), cleanup_mode="stop")
     return srv.get_uri("postgres")
@@ -277,10 +278,10 @@ class Proc:
         return self.log_path.read_text(errors="replace")
 
 
-def start_api(env: dict, log_path: Path, *, worker: bool = True) -> tuple[Proc, str]:
+def start_api(env: dict, log_path: Path, *, worker: bool = True, proc_class: type[Proc] = Proc) -> tuple[Proc, str]:
     port = free_port()
     args = ["serve", "--port", str(port)] + ([] if worker else ["--no-worker"])
-    proc = Proc(args, env, log_path)
+    proc = proc_class(args, env, log_path)
     base = f"http://127.0.0.1:{port}"
     import httpx
 

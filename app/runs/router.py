@@ -17,7 +17,7 @@ from app.api import DbDep, errors_for
 from app.auth.dependencies import CurrentUser
 from app.storable import StorableText
 from app.runs import service
-from app.runs.schemas import EventList, Lineage, RunDetail, RunList, RunRead, RunStart, StepDetail
+from app.runs.schemas import EventList, Lineage, RunDetail, RunList, RunStart, StepDetail
 
 router = APIRouter(tags=["runs"])
 RunId = Annotated[uuid.UUID, Path(description="Run id")]

@@ -15,7 +15,6 @@ from app.projects.service import check_role
 from app.resume.plan import eligible_steps
 from app.runs.repository import RunRepository
 from app.workflows.definition import Dag
-from app.workflows.repository import WorkflowRepository
 from app.workflows.service import dag_cache, workflow_for
 
 FINAL = frozenset({"succeeded", "failed", "cancelled"})

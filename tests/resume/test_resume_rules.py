@@ -6,7 +6,7 @@ import uuid
 
 import orjson
 
-from tests.conftest import linear, steps_by_key
+from tests.conftest import linear
 from tests.resume.test_resume_shapes import gate_call
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from tests.conftest import linear, steps_by_key
+from tests.conftest import linear
 
 
 async def test_list_runs_filters_and_paginates_without_gaps_or_duplicates(owner, make_client):
