@@ -45,7 +45,11 @@ def local_secret_key() -> str:
 def start_embedded(pgdata: Path, *, database: str = "meshhook") -> str:
     """Start (or join) the embedded server and return a URL for `database`, creating it if needed."""
     global _server
-    import pgserver
+    import warnings
+
+    with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset; it copes
+        warnings.simplefilter("ignore")
+        import pgserver
 
     pgdata.mkdir(parents=True, exist_ok=True)
     _server = pgserver.get_server(str(pgdata), cleanup_mode="stop")
