@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     lease_s: float = Field(default=30.0, gt=0.5, le=3600)
     shutdown_grace_s: float = Field(default=20.0, ge=0)
     notify_enabled: bool = True
+    sse_ping_s: float = Field(default=15.0, gt=0, le=300)  # heartbeat comment on idle event streams
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     max_output_bytes: int = Field(default=262_144, ge=1024)
     db_pool_size: int = Field(default=10, ge=1, le=200)

@@ -127,7 +127,7 @@ async def events(run_id: RunId, request: Request, user: CurrentUser, db: DbDep,
         finally:
             hub.unsubscribe(run_id, wake)
 
-    return EventSourceResponse(stream(), ping=15, headers={"Cache-Control": "no-store"})
+    return EventSourceResponse(stream(), ping=request.app.state.settings.sse_ping_s, headers={"Cache-Control": "no-store"})
 
 
 @router.post("/runs/{run_id}/cancel", status_code=202, response_model=RunDetail, operation_id="runs-cancel",

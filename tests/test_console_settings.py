@@ -1,4 +1,5 @@
-"""CORS for the console's origins: bearer auth without credentials, Authorization allowed, preflight cached."""
+"""Settings the console relies on, against a second API process (no worker): CORS for the console's
+origins (bearer auth without credentials, Authorization allowed, preflight cached) and the SSE heartbeat."""
 import httpx
 import pytest
 
@@ -7,7 +8,8 @@ from tests import support
 
 @pytest.fixture(scope="module")
 def cors_service(service_env, logs_dir):
-    env = dict(service_env, MESHHOOK_CORS_ORIGINS="https://console.example.test,http://localhost:5173")
+    env = dict(service_env, MESHHOOK_CORS_ORIGINS="https://console.example.test,http://localhost:5173",
+               MESHHOOK_SSE_PING_S="0.3")
     proc, base = support.start_api(env, logs_dir / "cors.log", worker=False)
     yield base
     proc.terminate()
@@ -35,3 +37,24 @@ def test_other_origins_get_no_cors_headers(cors_service, keys):
     assert r.status_code == 200
     assert r.headers["access-control-allow-origin"] == "http://localhost:5173"
     assert "x-request-id" in r.headers["access-control-expose-headers"].lower()
+
+
+async def test_an_idle_event_stream_sends_heartbeat_comments(cors_service, keys):
+    """No worker runs here, so the run stays queued and its stream idles: only heartbeats arrive."""
+    token = keys.token(support.new_user())
+    async with httpx.AsyncClient(base_url=cors_service, headers={"Authorization": f"Bearer {token}"},
+                                 timeout=10) as c:
+        project = (await c.post("/projects", json={"name": "hb"})).json()["id"]
+        wf = (await c.post(f"/projects/{project}/workflows", json={
+            "slug": "hb", "name": "hb", "definition": {"nodes": [{"id": "start", "data": {"type": "webhook"}}]}})).json()
+        run_id = (await c.post(f"/workflows/{wf['id']}/runs", json={"input": {}})).json()["id"]
+        comments, events = 0, 0
+        async with c.stream("GET", f"/runs/{run_id}/events", headers={"Accept": "text/event-stream"}) as resp:
+            async for line in resp.aiter_lines():
+                if line.startswith(":"):
+                    comments += 1
+                elif line.startswith("event:"):
+                    events += 1
+                if comments >= 2:
+                    break
+        assert events == 1 and comments >= 2  # run_queued, then heartbeats while nothing happens
