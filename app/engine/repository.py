@@ -46,7 +46,12 @@ update step_runs set status = $3, attempt = $4, input = coalesce($5, input), out
 where run_id = $1 and step_key = $2 and status <> 'succeeded'
 """
 
-_EVENT = "insert into run_events (run_id, project_id, type, step_key, payload) values ($1, $2, $3, $4, $5)"
+# All of a flush's events in one statement, in order (one trigger call, one round trip).
+_EVENTS = """
+insert into run_events (run_id, project_id, type, step_key, payload)
+select $1, $2, u.t, u.k, u.p from unnest($3::text[], $4::text[], $5::jsonb[]) with ordinality as u(t, k, p, o)
+order by u.o
+"""
 
 
 class LeaseLost(Exception):
@@ -76,7 +81,8 @@ class EngineRepository:
 
     async def add_events(self, run_id: uuid.UUID, project_id: uuid.UUID, events: list[tuple]) -> None:
         if events:
-            await self.tx.executemany(_EVENT, [(run_id, project_id, *e) for e in events])
+            types, keys, payloads = zip(*events)
+            await self.tx.execute(_EVENTS, run_id, project_id, list(types), list(keys), list(payloads))
 
     async def finish_run(self, run_id: uuid.UUID, status: str, error: dict | None, final: bool) -> None:
         await self.tx.execute(

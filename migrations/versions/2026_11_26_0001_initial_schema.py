@@ -216,13 +216,15 @@ create table run_events (
 );
 create index ix_run_events_run on run_events (run_id, id);
 
--- Event streams: one notification per run per transaction (Postgres folds duplicates).
+-- Event streams: one notification per run per statement (and Postgres folds duplicates within a
+-- transaction); a statement-level trigger costs one call however many events a statement writes.
 create function meshhook_notify_event() returns trigger language plpgsql as $$
 begin
-  perform pg_notify('meshhook_events', new.run_id::text);
+  perform pg_notify('meshhook_events', r.run_id::text) from (select distinct run_id from new_events) r;
   return null;
 end $$;
-create trigger trg_run_events_notify after insert on run_events for each row execute function meshhook_notify_event();
+create trigger trg_run_events_notify after insert on run_events referencing new table as new_events
+  for each statement execute function meshhook_notify_event();
 
 create table audit_log (
   id bigint generated always as identity primary key,
