@@ -45,7 +45,6 @@ class Settings(BaseSettings):
     db_connect_timeout_s: float = Field(default=2.0, gt=0)
     db_pool_timeout_s: float = Field(default=10.0, gt=0)  # wait for a free pooled connection (load)
     db_command_timeout_s: float = Field(default=15.0, gt=0)
-    metrics_public: bool = True
 
     @field_validator("cors_origins", mode="before")
     @classmethod
