@@ -156,9 +156,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
-        from app.db.engine import _is_unavailable
+        from app.db.engine import is_db_unavailable
 
-        if _is_unavailable(exc):
+        if is_db_unavailable(exc):
             return problem_response(request, 503, "Database unavailable",
                                     "The database cannot be reached; try again shortly.",
                                     "database-unavailable", {"Retry-After": "1"})

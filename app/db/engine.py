@@ -148,7 +148,7 @@ class Database:
         except sqlalchemy.exc.TimeoutError as exc:  # every pooled connection stayed busy: overloaded
             raise DatabaseUnavailable("The service is busy; try again shortly.") from exc
         except Exception as exc:  # sqlalchemy wraps driver errors at checkout
-            if _is_unavailable(exc):
+            if is_db_unavailable(exc):
                 raise DatabaseUnavailable() from exc
             raise
 
@@ -223,7 +223,7 @@ class Database:
             return await tx.fetchval("select 1") == 1
 
 
-def _is_unavailable(exc: BaseException) -> bool:
+def is_db_unavailable(exc: BaseException) -> bool:
     seen = 0
     while exc is not None and seen < 5:
         if isinstance(exc, _UNAVAILABLE):

@@ -101,6 +101,19 @@ class EngineRepository:
             "update runs set lease_expires_at = clock_timestamp() + make_interval(secs => $3)"
             " where lease_owner = $1 and id = any($2::uuid[]) and status = 'running'", owner, run_ids, lease_s)
 
+    async def record_crash(self, run_id: uuid.UUID, owner: str, message: str, max_crashes: int) -> int:
+        """Note a driver crash on the run's timeline; after `max_crashes` the run is failed instead of
+        retried forever. Returns how many crashes the run has had. Only the lease holder may do it."""
+        return await self.tx.fetchval(
+            "with r as (select id, project_id from runs where id = $1 and lease_owner = $2 and status = 'running'"
+            "           for update),"
+            " e as (insert into run_events (run_id, project_id, type, payload)"
+            "       select id, project_id, 'engine_error', jsonb_build_object('message', $3::text, 'worker', $2::text)"
+            "       from r returning run_id),"
+            " n as (select count(*) + 1 as crashes from run_events, r where run_events.run_id = r.id"
+            "       and run_events.type = 'engine_error')"
+            " select crashes from n, r", run_id, owner, message)
+
     async def release(self, owner: str, run_ids: list[uuid.UUID], *, notify: bool = False) -> None:
         """Hand runs back. `notify` (shutdown) lets another worker take them now rather than at its
         next poll; a crashed driver's run is not announced, so a poison run cannot spin hot."""

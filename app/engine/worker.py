@@ -17,7 +17,7 @@ import uuid
 import asyncpg
 import httpx
 
-from app.db.engine import Database
+from app.db.engine import Database, is_db_unavailable
 from app.engine.driver import RunDriver
 from app.engine.repository import EngineRepository
 from app.errors import DatabaseUnavailable
@@ -28,6 +28,7 @@ from app.workflows.service import DagCache
 
 log = logging.getLogger("meshhook.worker")
 CHANNEL = "meshhook_runs"
+MAX_DRIVER_CRASHES = 3
 
 
 class Worker:
@@ -195,16 +196,31 @@ class Worker:
             await RunDriver(self, run, dag).drive()
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - the lease expires and another claim retries the run
+        except Exception as exc:  # noqa: BLE001 - the lease expires and another claim retries the run
             log.exception("run driver crashed", extra={"run_id": str(run_id), "worker": self.id})
-            with contextlib.suppress(Exception):
-                async with self.db.service_scope() as tx:
-                    await EngineRepository(tx).release(self.id, [run_id])
+            await self._after_crash(run, exc)
             self.wake_later(1.0)
         finally:
             self.active.pop(run_id, None)
             if not self._stopping:
                 self._wake.set()
+
+    async def _after_crash(self, run, exc: Exception) -> None:
+        """A lost database is not the run's fault: hand it back. Anything else is counted on the run's
+        timeline, and a run that keeps crashing the driver fails instead of being retried forever."""
+        run_id = run["id"]
+        with contextlib.suppress(Exception):
+            async with self.db.service_scope() as tx:
+                repo = EngineRepository(tx)
+                if not (isinstance(exc, DatabaseUnavailable) or is_db_unavailable(exc)):
+                    message = f"{type(exc).__name__}: {str(exc)[:300]}"
+                    crashes = await repo.record_crash(run_id, self.id, message, MAX_DRIVER_CRASHES)
+                    if crashes is not None and crashes >= MAX_DRIVER_CRASHES:
+                        error = {"type": "engine_error", "message": f"the engine failed {crashes} times: {message}"}
+                        await repo.add_events(run_id, run["project_id"], [("run_failed", None, {"error": error})])
+                        await repo.finish_run(run_id, "failed", error, True)
+                        return
+                await repo.release(self.id, [run_id])
 
     async def run_forever(self) -> None:
         import signal

@@ -22,7 +22,7 @@ router = APIRouter(tags=["hooks"])
                                             "input (an empty body or `null` means `{}`).",
                                             "content": {"application/json": {"schema": {}, "examples": {
                                                 "order": {"value": {"order_id": "A-1001", "amount": 42}}}}}}},
-             responses=errors_for(401, 413, 422, 503))
+             responses=errors_for(401, 409, 413, 422, 503))
 async def deliver(workflow_id: Annotated[uuid.UUID, Path()], request: Request, db: DbDep, cipher: CipherDep,
                   response: Response,
                   x_meshhook_signature: Annotated[str | None, Header(max_length=200)] = None,

@@ -10,7 +10,7 @@ import asyncpg
 import orjson
 
 from app.db.engine import Database
-from app.errors import Unauthorized, Unprocessable
+from app.errors import Conflict, Unauthorized, Unprocessable
 from app.runs.repository import RunRepository
 from app.runs.service import pending_rows
 from app.secrets.crypto import Cipher
@@ -58,6 +58,8 @@ async def accept_hook(db: Database, cipher: Cipher, wf_id: uuid.UUID, body: byte
             if existing is not None:
                 return existing, True
         dag = await dag_cache.get(tx, wf_id, wf["latest_version"])
+        if dag is None:
+            raise Conflict("The workflow's latest version cannot be loaded.")
         run_id = uuid.uuid4()
         try:
             await repo.insert_run(run_id=run_id, project_id=wf["project_id"], workflow_id=wf_id,

@@ -57,6 +57,8 @@ async def _plan_for(tx: Tx, run, statuses: dict[str, str], req_step: str, versio
                     step_loc: str = "body") -> tuple[ResumePlan, int, Any, Any]:
     """Validate state and build the plan; raises 422/409 as DESIGN §5 says."""
     dag = await dag_cache.get(tx, run["workflow_id"], run["workflow_version"])
+    if dag is None:
+        raise Conflict("The run's workflow version cannot be loaded, so it cannot be resumed.", eligible_steps=[])
     eligible = eligible_steps(dag, run["status"], statuses)
     if req_step not in dag.steps:
         raise Unprocessable(f"The workflow has no step {req_step!r}.", eligible_steps=eligible,

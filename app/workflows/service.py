@@ -1,6 +1,7 @@
 """Rules for workflows: validation on write, immutable numbered versions, webhook secrets."""
 from __future__ import annotations
 
+import logging
 import secrets as pysecrets
 import uuid
 from collections import OrderedDict
@@ -17,6 +18,9 @@ from app.workflows.repository import WorkflowRepository
 import asyncpg
 
 
+log = logging.getLogger("meshhook.workflows")
+
+
 def webhook_context(wf_id: uuid.UUID) -> str:
     return f"webhook:{wf_id}"
 
@@ -31,9 +35,13 @@ def validate_definition(definition: dict) -> Dag:
 class DagCache:
     """Parsed definitions by (workflow id, version): versions are immutable, so entries never go stale."""
 
-    def __init__(self, size: int = 512):
+    def __init__(self, size: int = 512, *, lenient: bool = False):
         self._items: OrderedDict[tuple[uuid.UUID, int], Dag] = OrderedDict()
         self.size = size
+        # The API reads stored definitions leniently: one written behind its back that no longer
+        # parses shows as "no definition" (no eligibility, no new runs) instead of a 500. The
+        # engine is strict, so such a run fails with an engine_error.
+        self.lenient = lenient
 
     def cached(self, wf_id: uuid.UUID, version: int) -> Dag | None:
         return self._items.get((wf_id, version))
@@ -45,14 +53,20 @@ class DagCache:
             definition = await WorkflowRepository(tx).definition(wf_id, version)
             if definition is None:
                 return None
-            dag = parse_definition(definition)
+            try:
+                dag = parse_definition(definition)
+            except DefinitionInvalid:
+                if not self.lenient:
+                    raise
+                log.warning("stored definition does not parse", extra={"workflow_id": str(wf_id), "version": version})
+                return None
             self._items[key] = dag
             if len(self._items) > self.size:
                 self._items.popitem(last=False)
         return dag
 
 
-dag_cache = DagCache()
+dag_cache = DagCache(lenient=True)
 
 
 async def create_workflow(tx: Tx, cipher: Cipher, user: User, project_id: uuid.UUID, slug: str, name: str,

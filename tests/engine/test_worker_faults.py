@@ -199,3 +199,25 @@ async def test_runs_cancelled_or_paused_while_queued_start_nothing(isolated):
     s = steps_by_key(paused)
     assert (s["start"]["status"], s["t"]["status"]) == ("paused", "pending")
     assert s["start"]["attempt"] == 0
+
+
+async def test_a_run_that_keeps_crashing_the_driver_fails_instead_of_looping(owner, db):
+    """A stored definition the engine cannot load (written behind the API's back) crashes the driver;
+    after three crashes the run is failed with an engine_error, visible on its timeline."""
+    project = await owner.project()
+    wf = await owner.workflow(project, linear(("start", "webhook", {})))
+    run_id = uuid.uuid4()
+    async with db.acquire() as c:
+        await c.execute("insert into workflow_versions (workflow_id, project_id, version, definition)"
+                        " values ($1, $2, 2, '{\"nodes\": \"not a list\"}')", uuid.UUID(wf["id"]), uuid.UUID(project))
+        await c.execute("insert into runs (id, project_id, workflow_id, workflow_version, status, trigger, root_run_id)"
+                        " values ($1, $2, $3, 2, 'queued', 'api', $1)", run_id, uuid.UUID(project), uuid.UUID(wf["id"]))
+        await c.execute("select pg_notify('meshhook_runs', $1)", str(run_id))
+    run = await owner.wait(str(run_id), ("failed",), timeout=30)
+    assert run["error"]["type"] == "engine_error"
+    evs = await events(owner, str(run_id))
+    assert [e["type"] for e in evs].count("engine_error") == 3
+    assert evs[-1]["type"] == "run_failed"
+    assert run["eligible_steps"] == []  # the API shows it without the definition, not with a 500
+    r = await owner.resume(str(run_id), "start")
+    assert r.status_code == 409 and r.json()["eligible_steps"] == []
