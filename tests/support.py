@@ -253,6 +253,7 @@ def service_env(database_url: str, supabase_url: str, **extra: str) -> dict:
 
 class Proc:
     def __init__(self, args: list[str], env: dict, log_path: Path):
+        self.args = args
         self.log_path = log_path
         self.log = open(log_path, "ab")
         self.p = subprocess.Popen([sys.executable, "-m", "app.cli", *args], cwd=ROOT, env=env,

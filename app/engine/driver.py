@@ -370,7 +370,7 @@ class RunDriver:
                     self.status[key] = "cancelled"
                     self.stage(key, "cancelled", finished=now, event="step_cancelled")
             status, error = "cancelled", None
-        elif self.stop_reason == "pause" and self._frontier():
+        elif self.stop_reason == "pause" and not self.failed_any and self._frontier():
             for key in self._frontier():
                 self.status[key] = "paused"
                 self.stage(key, "paused", event="step_paused", payload={"by": "operator"})

@@ -14,6 +14,7 @@ with c as (
   where status in ('queued', 'running')
     and (lease_expires_at is null or lease_expires_at < clock_timestamp())
     and (wake_at is null or wake_at <= clock_timestamp())
+    and id <> all($4::uuid[])  -- never a run this worker is still driving (its lease may have lapsed)
   order by wake_at nulls first, created_at
   limit $2
   for update skip locked
@@ -62,8 +63,8 @@ class EngineRepository:
     def __init__(self, tx: Tx):
         self.tx = tx
 
-    async def claim(self, owner: str, limit: int, lease_s: float):
-        return await self.tx.fetch(_CLAIM, owner, limit, lease_s)
+    async def claim(self, owner: str, limit: int, lease_s: float, driving: list[uuid.UUID]):
+        return await self.tx.fetch(_CLAIM, owner, limit, lease_s, driving)
 
     async def steps(self, run_id: uuid.UUID):
         return await self.tx.fetch(

@@ -168,7 +168,7 @@ class Worker:
                 continue  # a finishing run sets the wake-up again
             try:
                 async with self.db.service_scope() as tx:
-                    rows = await EngineRepository(tx).claim(self.id, free, self.settings.lease_s)
+                    rows = await EngineRepository(tx).claim(self.id, free, self.settings.lease_s, list(self.active))
                 backoff = 0.05
             except asyncio.CancelledError:
                 raise
@@ -201,7 +201,8 @@ class Worker:
             await self._after_crash(run, exc)
             self.wake_later(1.0)
         finally:
-            self.active.pop(run_id, None)
+            if self.active.get(run_id) is asyncio.current_task():
+                del self.active[run_id]
             if not self._stopping:
                 self._wake.set()
 

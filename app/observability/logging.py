@@ -54,3 +54,6 @@ def configure_logging(fmt: str = "json", level: str = "INFO") -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("pgserver").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # The pool logs at error level when closing a connection that a cancelled task left mid-query
+    # (worker shutdown); the connection is discarded either way, so that is not an error of ours.
+    logging.getLogger("sqlalchemy.pool").setLevel(logging.CRITICAL)

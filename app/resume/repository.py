@@ -18,7 +18,8 @@ class IdempotencyRepository:
 
     async def put(self, user_id: uuid.UUID, scope: str, key: str, request_hash: str, status_code: int,
                   response: dict) -> None:
-        # A record older than 24 h is replaced; a live one makes a concurrent twin fail (unique key).
+        # A record older than 24 h is replaced; a live one is kept as it is (twins with the same key
+        # are serialized by the parent's row lock, so the second finds the first's record and replays it).
         await self.tx.execute(
             "insert into idempotency_records (user_id, scope, key, request_hash, status_code, response)"
             " values ($1, $2, $3, $4, $5, $6)"

@@ -104,7 +104,9 @@ class RunRepository:
     async def set_control(self, run_id: uuid.UUID, control: str) -> None:
         # wake_at cleared so a sleeping (delayed) run is claimed now and sees the request.
         await self.tx.execute(
-            "with u as (update runs set control = $2, wake_at = null, updated_at = clock_timestamp()"
+            # A pending cancel is never downgraded to a pause.
+            "with u as (update runs set control = case when control = 'cancel' then control else $2 end,"
+            " wake_at = null, updated_at = clock_timestamp()"
             " where id = $1 returning id) select pg_notify('meshhook_runs', id::text) from u", run_id, control)
 
     async def set_status(self, run_id: uuid.UUID, status: str, *, final: bool) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import re
 import uuid
 from datetime import datetime
@@ -118,6 +119,8 @@ async def events(run_id: RunId, request: Request, user: CurrentUser, db: DbDep,
                     done = done or ev["type"] in FINAL_EVENTS
                 if done:
                     return
+                if time.time() > float(user.claims.get("exp", 0)):
+                    return  # the token expired: the client reconnects with a fresh one and Last-Event-ID
                 if len(batch) < 1000:
                     with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(wake.wait(), 5)

@@ -167,6 +167,8 @@ async def request_stop(tx: Tx, run_id: uuid.UUID, action: str) -> dict:
         await repo.cancel_open_steps(run_id, run["project_id"])
         await repo.set_status(run_id, "cancelled", final=True)
         await repo.add_event(run_id, run["project_id"], "run_cancelled", payload={"by": "operator"})
+    elif action == "pause" and run["control"] == "cancel":
+        raise Conflict("A cancel is already pending for this run.")
     else:
         await repo.set_control(run_id, action)
         await repo.add_event(run_id, run["project_id"], f"run_{action}_requested", payload={})

@@ -30,6 +30,8 @@ async def test_cancel_lets_the_inflight_step_finish_and_starts_nothing_new(owner
 
     r = await owner.post(f"/runs/{run_id}/cancel")
     assert r.status_code == 202, r.text
+    # a pause cannot overrule the pending cancel
+    assert (await owner.post(f"/runs/{run_id}/pause")).status_code == 409
     run = await owner.wait(run_id, ("succeeded", "failed", "cancelled", "paused"))
     assert run["status"] == "cancelled"
     assert run["finished_at"] is not None
@@ -93,3 +95,31 @@ async def test_cancel_wakes_a_sleeping_run(owner):
     assert run["status"] == "cancelled"
     s = steps_by_key(run)
     assert (s["wait"]["status"], s["after"]["status"]) == ("cancelled", "cancelled")
+
+
+async def test_a_failure_during_a_pause_request_still_fails_the_run(owner, world):
+    """An operator's pause does not hide a failure: when a step fails while the pause is pending,
+    the run ends failed (not paused), and the ready step that never started is not marked paused."""
+    project = await owner.project()
+    bad, ok = uniq("slowfail"), uniq("slowok")
+    wf = await owner.workflow(project, {
+        "nodes": [{"id": "start", "data": {"type": "webhook"}},
+                  {"id": "bad", "data": {"type": "http_call", "config": {
+                      "url": f"{world.url}/slow/{bad}?s=1.5", "timeout_s": 0.8, "retry": {"max_attempts": 1}}}},
+                  {"id": "ok", "data": {"type": "http_call", "config": {"url": f"{world.url}/slow/{ok}?s=0.4"}}},
+                  {"id": "after_ok", "data": {"type": "transform", "config": {"expression": "`1`"}}}],
+        "edges": [{"source": "start", "target": "bad"}, {"source": "start", "target": "ok"},
+                  {"source": "ok", "target": "after_ok"}]})
+    run_id = await owner.start(wf["id"])
+
+    async def arrived():
+        return world.counts[bad] >= 1 and world.counts[ok] >= 1
+
+    await wait_for(arrived, 10, 0.02, "both calls to arrive")
+    assert (await owner.post(f"/runs/{run_id}/pause")).status_code == 202
+    run = await owner.wait(run_id, ("failed", "paused", "succeeded", "cancelled"))
+    assert run["status"] == "failed"
+    s = steps_by_key(run)
+    assert s["ok"]["status"] == "succeeded" and s["bad"]["status"] == "failed"
+    assert s["after_ok"]["status"] == "pending"  # ready, never started, not "paused by operator"
+    assert run["eligible_steps"] == ["bad"]
