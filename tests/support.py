@@ -155,6 +155,8 @@ class World:
     /gate/<name>            500 while the gate <name> is closed, 200 once opened (World.open)
     /slow/<name>?s=0.2      sleeps, then 200 (records start and end times)
     /big/<name>?kb=300      200 with a JSON body of about that many KiB
+    /seq/<name>?codes=500,429&kb=N   those statuses in order (429 with Retry-After: 0), then 200;
+                            kb pads every answer
     Every request is recorded with its Idempotency-Key.
     """
 
@@ -206,12 +208,20 @@ class World:
                     time.sleep(float(q.get("s", "0.2")))
                 elif kind == "big":
                     payload = {"blob": "x" * (int(q.get("kb", "300")) * 1024)}
+                elif kind == "seq":
+                    codes = [int(c) for c in q.get("codes", "").split(",") if c]
+                    status = codes[n - 1] if n <= len(codes) else 200
+                    payload = {"n": n, "status": status}
+                    if q.get("kb"):
+                        payload["pad"] = "x" * (int(q["kb"]) * 1024)
                 rec["ended"] = time.time()
                 rec["status"] = status
                 with outer.lock:
                     outer.requests.append(rec)
                 data = json.dumps(payload).encode()
                 self.send_response(status)
+                if status == 429:
+                    self.send_header("Retry-After", "0")
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()

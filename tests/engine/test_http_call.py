@@ -8,14 +8,14 @@ from tests.conftest import linear, steps_by_key
 from tests.engine.conftest import FAST_RETRY, events, run_definition, step_detail, uniq
 
 
-async def test_retryable_statuses_are_retried_with_one_idempotency_key_then_succeed(owner, script):
+async def test_retryable_statuses_are_retried_with_one_idempotency_key_then_succeed(owner, world):
     name = uniq("seq")
     run = await run_definition(owner, linear(
         ("start", "webhook", {}),
-        ("call", "http_call", {"method": "POST", "url": f"{script.url}/seq/{name}?codes=500,429,408",
+        ("call", "http_call", {"method": "POST", "url": f"{world.url}/seq/{name}?codes=500,429,408",
                                "body": {"x": 1}, "retry": {**FAST_RETRY, "max_attempts": 5}})))
     assert run["status"] == "succeeded", run
-    seen = script.seen[name]
+    seen = world.seen(name)
     assert len(seen) == 4  # 500, 429, 408, then 200
     assert {s["idempotency_key"] for s in seen} == {f"{run['id']}:call"}
     call = steps_by_key(run)["call"]
@@ -132,13 +132,13 @@ async def test_huge_outputs_are_stored_truncated(owner, world, db):
     assert steps_by_key(run)["seen"]["output"] is True
 
 
-async def test_huge_error_bodies_do_not_bloat_errors_or_attempts(owner, script, db):
+async def test_huge_error_bodies_do_not_bloat_errors_or_attempts(owner, world, db):
     name = uniq("bigerr")
     run = await run_definition(owner, linear(
         ("start", "webhook", {}),
-        ("call", "http_call", {"url": f"{script.url}/seq/{name}?codes=500,500,500&kb=300", "retry": FAST_RETRY})))
+        ("call", "http_call", {"url": f"{world.url}/seq/{name}?codes=500,500,500&kb=300", "retry": FAST_RETRY})))
     assert run["status"] == "failed"
-    assert len(script.seen[name]) == 3
+    assert len(world.seen(name)) == 3
     call = steps_by_key(run)["call"]
     assert call["error"]["status"] == 500
     row = await db.fetchrow("select length(error::text) e, length(attempts::text) a, length(output::text) o"
