@@ -8,7 +8,7 @@ from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.db.engine import Database
-from app.secrets.crypto import Cipher  # noqa: F401 - used in an annotation
+from app.secrets.crypto import Cipher
 
 
 class Problem(BaseModel):
@@ -73,4 +73,4 @@ async def get_cipher(request: Request):
     return request.app.state.cipher
 
 
-CipherDep = Annotated["Cipher", Depends(get_cipher)]
+CipherDep = Annotated[Cipher, Depends(get_cipher)]

@@ -12,31 +12,22 @@ RUN_COLUMNS = ("id, project_id, workflow_id, workflow_version, status, trigger, 
 STEP_COLUMNS = ("id, step_key, step_type, position, status, attempt, input, output, output_truncated, error,"
                 " started_at, finished_at, reused_from")
 
-# New run, its pending steps, its run_queued event and the wake-up, in one statement.
+# A new run (API or webhook; resumes have their own statement in app/resume/repository.py), its
+# pending steps, its run_queued event and the wake-up, in one statement.
 _INSERT_RUN = """
 with r as (
-  insert into runs (id, project_id, workflow_id, workflow_version, status, trigger, input, parent_run_id,
-                    root_run_id, resumed_from_step, resume_reason, created_by, delivery_id)
-  values ($1::uuid, $2::uuid, $3, $4, 'queued', $5, $6, $7, coalesce($8::uuid, $1::uuid), $9, $10, $11, $12)
+  insert into runs (id, project_id, workflow_id, workflow_version, status, trigger, input, root_run_id,
+                    created_by, delivery_id)
+  values ($1::uuid, $2::uuid, $3, $4, 'queued', $5, $6, $1::uuid, $7, $8)
   returning id
 ), s as (
   insert into step_runs (id, run_id, project_id, step_key, step_type, position, status)
   select gen_random_uuid(), $1::uuid, $2::uuid, u.k, u.t, u.p, 'pending'
-  from unnest($13::text[], $14::text[], $15::int[]) as u(k, t, p)
+  from unnest($9::text[], $10::text[], $11::int[]) as u(k, t, p)
 ), e as (
-  insert into run_events (run_id, project_id, type, payload) select id, $2::uuid, 'run_queued', $16::jsonb from r
+  insert into run_events (run_id, project_id, type, payload) select id, $2::uuid, 'run_queued', $12::jsonb from r
 )
 select pg_notify('meshhook_runs', id::text) from r
-"""
-
-# Steps carried over by a resume: identical output, reused_from pointing at the source row.
-_COPY_STEPS = """
-insert into step_runs (id, run_id, project_id, step_key, step_type, position, status, attempt, input, output,
-                       output_truncated, attempts, started_at, finished_at, reused_from)
-select gen_random_uuid(), $1, s.project_id, s.step_key, s.step_type, u.p, 'succeeded', s.attempt, s.input,
-       s.output, s.output_truncated, s.attempts, s.started_at, s.finished_at, s.id
-from step_runs s join unnest($3::text[], $4::int[]) as u(k, p) on u.k = s.step_key
-where s.run_id = $2
 """
 
 
@@ -45,19 +36,11 @@ class RunRepository:
         self.tx = tx
 
     async def insert_run(self, *, run_id: uuid.UUID, project_id: uuid.UUID, workflow_id: uuid.UUID, version: int,
-                         trigger: str, input: object, parent_run_id: uuid.UUID | None = None,
-                         root_run_id: uuid.UUID | None = None, resumed_from_step: str | None = None,
-                         resume_reason: str | None = None, created_by: uuid.UUID | None = None,
+                         trigger: str, input: object, created_by: uuid.UUID | None = None,
                          delivery_id: str | None = None, pending: tuple[list, list, list] = ([], [], []),
                          event_payload: dict | None = None) -> None:
-        await self.tx.execute(_INSERT_RUN, run_id, project_id, workflow_id, version, trigger, input, parent_run_id,
-                              root_run_id, resumed_from_step, resume_reason, created_by, delivery_id,
-                              pending[0], pending[1], pending[2], event_payload or {})
-
-    async def copy_steps(self, new_run_id: uuid.UUID, parent_run_id: uuid.UUID, keys: list[str],
-                         positions: list[int]) -> None:
-        if keys:
-            await self.tx.execute(_COPY_STEPS, new_run_id, parent_run_id, keys, positions)
+        await self.tx.execute(_INSERT_RUN, run_id, project_id, workflow_id, version, trigger, input, created_by,
+                              delivery_id, pending[0], pending[1], pending[2], event_payload or {})
 
     async def get_with_role(self, run_id: uuid.UUID):
         """The run (if visible under RLS) and the caller's role in its project, in one round trip."""
