@@ -64,3 +64,29 @@ async def test_an_idle_event_stream_sends_heartbeat_comments(cors_service, keys)
         assert events and events[0] == "run_queued"
         assert not {"run_succeeded", "run_failed", "run_cancelled"} & set(events)
         await c.post(f"/runs/{run_id}/cancel")
+
+
+async def test_an_event_stream_ends_when_its_token_expires(cors_service, keys):
+    """A stream must not outlive the token that opened it: it closes after `exp`, and the client
+    reconnects with a fresh token and Last-Event-ID."""
+    import time
+
+    user = support.new_user()
+    long_lived = keys.token(user)
+    async with httpx.AsyncClient(base_url=cors_service, headers={"Authorization": f"Bearer {long_lived}"},
+                                 timeout=30) as c:
+        project = (await c.post("/projects", json={"name": "exp"})).json()["id"]
+        wf = (await c.post(f"/projects/{project}/workflows", json={
+            "slug": "exp", "name": "exp", "definition": {
+                "nodes": [{"id": "start", "data": {"type": "webhook"}},
+                          {"id": "wait", "data": {"type": "delay", "config": {"seconds": 600}}}],
+                "edges": [{"source": "start", "target": "wait"}]}})).json()
+        run_id = (await c.post(f"/workflows/{wf['id']}/runs", json={"input": {}})).json()["id"]
+        short = keys.token(user, exp=int(time.time()) + 2)
+        started = time.monotonic()
+        async with c.stream("GET", f"/runs/{run_id}/events", headers={
+                "Accept": "text/event-stream", "Authorization": f"Bearer {short}"}) as resp:
+            assert resp.status_code == 200
+            async for _ in resp.aiter_lines():
+                assert time.monotonic() - started < 20, "the stream outlived its token"
+        await c.post(f"/runs/{run_id}/cancel")
