@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     db_connect_timeout_s: float = Field(default=2.0, gt=0)
     db_pool_timeout_s: float = Field(default=10.0, gt=0)  # wait for a free pooled connection (load)
     db_command_timeout_s: float = Field(default=15.0, gt=0)
+    # Tenant safety (DESIGN §9): exceptions to the public-only egress rule, and the token that
+    # /metrics requires when set.
+    egress_allow: str = ""
+    metrics_token: str | None = None
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -65,6 +69,19 @@ class Settings(BaseSettings):
         if len(raw) != 32:
             raise ValueError("must be base64 of exactly 32 bytes")
         return v
+
+    @field_validator("egress_allow")
+    @classmethod
+    def _check_egress(cls, v):
+        from app.egress.policy import EgressPolicy
+
+        EgressPolicy.from_setting(v)  # ValueError names the bad entry
+        return v
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _check_metrics_token(cls, v):
+        return v or None
 
     @field_validator("database_url")
     @classmethod
@@ -101,6 +118,12 @@ class Settings(BaseSettings):
         if self.supabase_url:
             return self.supabase_url.rstrip("/") + "/auth/v1"
         return None
+
+    @property
+    def egress_policy(self):
+        from app.egress.policy import EgressPolicy
+
+        return EgressPolicy.from_setting(self.egress_allow)
 
     @property
     def jwks_url(self) -> str | None:

@@ -61,8 +61,10 @@ def logs_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def service_env(database_url, jwks_server):
-    return support.service_env(database_url, jwks_server.url)
+def service_env(database_url, jwks_server, world):
+    # Tenant calls reach public addresses only (DESIGN §9.1); the tests' upstream is on loopback,
+    # so the service opens exactly its port.
+    return support.service_env(database_url, jwks_server.url, MESHHOOK_EGRESS_ALLOW=support.egress_allow(world))
 
 
 @pytest.fixture(scope="session")

@@ -249,6 +249,11 @@ class World:
 
 
 # ---------------------------------------------------------------- service processes
+def egress_allow(*servers) -> str:
+    """MESHHOOK_EGRESS_ALLOW opening exactly these loopback servers (World, ...) and nothing else."""
+    return ",".join(f"127.0.0.1:{s.httpd.server_address[1]}" for s in servers)
+
+
 def service_env(database_url: str, supabase_url: str, **extra: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MESHHOOK_", "SUPABASE_"))}
     env.update({

@@ -19,6 +19,7 @@ import orjson
 from app.engine.repository import EngineRepository, LeaseLost
 from app.engine.steps import StepOutcome, branch, delay, http_call, pause, terminate, transform, webhook
 from app.observability.metrics import RUNS_FINISHED, STEP_SECONDS, STEPS_FINISHED
+from app.secrets.redaction import Redactor
 from app.secrets.service import resolve_secrets
 from app.workflows.definition import Dag
 from app.workflows.templates import referenced_secrets, render, uses_secrets
@@ -38,21 +39,6 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def redact(value: Any, secret_values: list[str]) -> Any:
-    if not secret_values:
-        return value
-    if isinstance(value, str):
-        for s in secret_values:
-            if s and s in value:
-                value = value.replace(s, "***")
-        return value
-    if isinstance(value, dict):
-        return {k: redact(v, secret_values) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact(v, secret_values) for v in value]
-    return value
-
-
 class RunDriver:
     def __init__(self, worker: "Worker", run, dag: Dag):
         self.w = worker
@@ -69,6 +55,9 @@ class RunDriver:
         self.terminated: tuple[str, str | None] | None = None
         self.failed_any = False  # fail fast: after a failure no new step starts
         self._secrets: dict[str, str] | None = None
+        # Every project secret, loaded once per run by load(): stage() masks them in everything
+        # written (DESIGN §9.2), whether or not the step names `secrets`.
+        self.redactor = Redactor(())
         self._pending_rows: list[tuple] = []
         self._pending_events: list[tuple] = []
 
@@ -95,10 +84,16 @@ class RunDriver:
     def stage(self, key: str, status: str, *, input_=None, output=None, error=None, started=None,
               finished=None, wake_at=None, attempt_entry=None, event: str | None = None, payload=None,
               truncated: bool | None = None) -> None:
+        # The one choke point for secrets: everything a row or event holds passes here. Outputs
+        # are masked before the size cap cuts a preview and again after (see app/secrets/redaction.py).
+        r = self.redactor
+        input_, error, attempt_entry, payload = r.redact(input_), r.redact(error), r.redact(attempt_entry), \
+            r.redact(payload)
         if truncated is None:
             truncated = False
             if output is not None:
-                output, truncated = self._cap(output)
+                output, truncated = self._cap(r.redact(output))
+        output = r.redact(output)
         self._pending_rows.append((key, status, self.attempt.get(key, 0), input_, output, truncated, error, started,
                                    finished, wake_at, [attempt_entry] if attempt_entry else None))
         if event:
@@ -115,6 +110,7 @@ class RunDriver:
             await repo.update_steps(self.run_id, rows)
             if run_update is not None:
                 status, error, final, event, payload = run_update
+                error, payload = self.redactor.redact(error), self.redactor.redact(payload)
                 events = [*events, (event, None, payload)]
             await repo.add_events(self.run_id, self.project_id, events)
             if run_update is not None:
@@ -188,8 +184,8 @@ class RunDriver:
             else:
                 outcome = PURE[step.type](step.config, ctx)
         except Exception as exc:  # noqa: BLE001 - a step that blows up fails itself, never the worker (no crash loop)
-            outcome = StepOutcome("failed", error={"type": "step_error",
-                                                   "message": (str(exc).splitlines() or [type(exc).__name__])[0][:500]})
+            outcome = StepOutcome("failed", error={"type": "step_error", "message": self.redactor.truncate(
+                (str(exc).splitlines() or [type(exc).__name__])[0], 500)})
         self.attempt[key] = self.attempt.get(key, 0) + 1
         # One row write per pure step: its `running` state never outlives this transaction anyway.
         self._pending_events.append(("step_started", key, {"attempt": self.attempt[key]}))
@@ -198,12 +194,12 @@ class RunDriver:
             self.terminated = (step.config["status"], outcome.output.get("message") if outcome.output else None)
 
     def _settle(self, key: str, outcome: StepOutcome, started: datetime, t0: float, *,
-                input_=None, secret_values: list[str] | None = None, row_started: datetime | None = None) -> None:
+                input_=None, row_started: datetime | None = None) -> None:
         step = self.dag.steps[key]
         finished = _now()
-        output, truncated = self._cap(redact(outcome.output, secret_values or [])) \
+        output, truncated = self._cap(self.redactor.redact(outcome.output)) \
             if outcome.output is not None else (None, False)
-        error = redact(outcome.error, secret_values or [])
+        error = self.redactor.redact(outcome.error)
         self.status[key] = outcome.status
         if outcome.status == "failed":
             self.failed_any = True
@@ -228,7 +224,6 @@ class RunDriver:
                 self.status[key] = "pending"  # never started: the settle phase decides
                 return
             secrets = await self.secrets() if uses_secrets(step.config) else {}
-            secret_values = sorted(secrets.values(), key=len, reverse=True)
             missing = sorted(referenced_secrets(step.config) - set(secrets))
             try:
                 if missing:  # never send "Bearer " with an empty token
@@ -239,8 +234,8 @@ class RunDriver:
                 self.attempt[key] = self.attempt.get(key, 0) + 1
                 # JMESPath type errors quote the offending value, which may be a secret: redact.
                 self._settle(key, StepOutcome("failed", error={
-                    "type": "secret_missing" if missing else "template_error", "message": str(exc)[:500]}),
-                    _now(), time.perf_counter(), secret_values=secret_values)
+                    "type": "secret_missing" if missing else "template_error",
+                    "message": self.redactor.truncate(str(exc), 500)}), _now(), time.perf_counter())
                 await self.flush()
                 return
             self.attempt[key] = self.attempt.get(key, 0) + 1
@@ -251,25 +246,28 @@ class RunDriver:
             await self.flush()
 
             async def on_retry(attempt: int, info: dict) -> None:
-                info = redact(info, secret_values)
+                info = self.redactor.redact(info)
                 self.stage(key, "running", attempt_entry=info, event="step_retrying", payload=info)
                 self.attempt[key] += 1
                 await self.flush()
 
             try:
-                outcome = await http_call.execute(self.w.http, config, f"{self.run_id}:{key}", on_retry)
+                outcome = await http_call.execute(self.w.http, config, f"{self.run_id}:{key}", on_retry,
+                                                  redactor=self.redactor)
             except (LeaseLost, asyncio.CancelledError):
                 raise
             except Exception as exc:  # noqa: BLE001 - e.g. an invalid rendered URL: fail the step, not the worker
-                outcome = StepOutcome("failed", error=redact({"type": "request_error", "message": (
-                    str(exc).splitlines() or [type(exc).__name__])[0][:500]}, secret_values))
-            self._settle(key, outcome, started, t0, secret_values=secret_values)
+                outcome = StepOutcome("failed", error={"type": "request_error", "message": self.redactor.truncate(
+                    (str(exc).splitlines() or [type(exc).__name__])[0], 500)})
+            self._settle(key, outcome, started, t0)
             await self.flush()
 
     # ---- the loop ---------------------------------------------------------------------
     async def load(self) -> None:
         async with self.w.db.service_scope() as tx:
             rows = await EngineRepository(tx).steps(self.run_id)
+            self._secrets = await resolve_secrets(tx, self.w.cipher, self.project_id)
+        self.redactor = Redactor(self._secrets.values())
         now = _now()
         for r in rows:
             key = r["step_key"]

@@ -11,14 +11,17 @@ from typing import Any, Awaitable, Callable
 import httpx
 import orjson
 
+from app.egress.transport import EgressDenied
 from app.engine.steps import StepOutcome
+from app.secrets.redaction import Redactor
 
 RETRY_STATUS = {408, 429}
 MAX_BODY_READ = 4 * 1024 * 1024
 ERROR_BODY_BYTES = 2048  # errors (and every retry's attempt entry) keep a preview, not the whole body
 
 
-def _error_body(body: Any) -> Any:
+def _error_body(body: Any, redactor: Redactor) -> Any:
+    body = redactor.redact(body)  # before the cut, so the cut can only go through a mask (§9.2)
     raw = body.encode() if isinstance(body, str) else orjson.dumps(body)
     if len(raw) <= ERROR_BODY_BYTES:
         return body
@@ -56,7 +59,8 @@ def _parse_body(resp: httpx.Response, content: bytes, cut: bool) -> Any:
 
 
 async def execute(client: httpx.AsyncClient, config: dict, idempotency_key: str,
-                  on_attempt: Callable[[int, dict], Awaitable[None]]) -> StepOutcome:
+                  on_attempt: Callable[[int, dict], Awaitable[None]], *,
+                  redactor: Redactor = Redactor(())) -> StepOutcome:
     method = config.get("method", "GET").upper()
     retry = config.get("retry") or {}
     max_attempts = int(retry.get("max_attempts", 3))
@@ -82,6 +86,8 @@ async def execute(client: httpx.AsyncClient, config: dict, idempotency_key: str,
             async with client.stream(method, str(config["url"]), headers=headers, params=query,
                                      timeout=timeout, **kwargs) as resp:
                 content, cut = await _read_capped(resp)
+        except EgressDenied as exc:  # a policy decision, not a network fault: fail at once, never retry
+            return StepOutcome("failed", error={"type": "egress_denied", "message": str(exc)})
         except httpx.TimeoutException as exc:
             error = {"type": "timeout", "message": f"no response within {timeout} s ({type(exc).__name__})"}
         except httpx.TransportError as exc:
@@ -95,7 +101,7 @@ async def execute(client: httpx.AsyncClient, config: dict, idempotency_key: str,
             if resp.status_code < 400:
                 return StepOutcome("succeeded", out)
             error = {"type": "http_error", "message": f"HTTP {resp.status_code}", "status": resp.status_code,
-                     "body": _error_body(out["body"])}
+                     "body": _error_body(out["body"], redactor)}
             if resp.status_code not in RETRY_STATUS and resp.status_code < 500:
                 return StepOutcome("failed", out, error)
             retry_after = resp.headers.get("retry-after")
