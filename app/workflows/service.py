@@ -1,6 +1,7 @@
 """Rules for workflows: validation on write, immutable numbered versions, webhook secrets."""
 from __future__ import annotations
 
+import base64
 import logging
 import secrets as pysecrets
 import uuid
@@ -69,13 +70,18 @@ class DagCache:
 dag_cache = DagCache(lenient=True)
 
 
+def new_webhook_secret() -> str:
+    """A signing secret as Standard Webhooks libraries expect it (§9.4): whsec_ + base64 of 32 bytes."""
+    return "whsec_" + base64.b64encode(pysecrets.token_bytes(32)).decode()
+
+
 async def create_workflow(tx: Tx, cipher: Cipher, user: User, project_id: uuid.UUID, slug: str, name: str,
                           definition: dict):
     await require_role(tx, project_id, "editor")
     validate_definition(definition)
     repo = WorkflowRepository(tx)
     wf_id = uuid.uuid4()
-    secret = "whsec_" + pysecrets.token_urlsafe(32)
+    secret = new_webhook_secret()
     nonce, ct = cipher.encrypt(secret, webhook_context(wf_id))
     try:
         await repo.create(wf_id, project_id, slug, name, nonce, ct, user.id)
