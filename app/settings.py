@@ -9,6 +9,9 @@ from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
+LOCAL_ISSUER = "meshhook-local"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MESHHOOK_", extra="ignore", populate_by_name=True)
 
@@ -112,12 +115,14 @@ class Settings(BaseSettings):
         return level
 
     @property
-    def issuer(self) -> str | None:
+    def issuer(self) -> str:
+        """The `iss` every token must carry, HS256 included (DESIGN §9.5). Without Supabase it is
+        a fixed local issuer, which the dev tokens of `meshhook token` / `serve` carry."""
         if self.supabase_jwt_issuer:
             return self.supabase_jwt_issuer
         if self.supabase_url:
             return self.supabase_url.rstrip("/") + "/auth/v1"
-        return None
+        return LOCAL_ISSUER
 
     @property
     def egress_policy(self):

@@ -13,7 +13,7 @@ from app.errors import Conflict, NotFound, Unprocessable
 from app.projects.service import check_role, require_role
 from app.projects.repository import ProjectRepository
 from app.secrets.crypto import Cipher
-from app.workflows.definition import Dag, DefinitionInvalid, parse_definition
+from app.workflows.definition import Dag, DefinitionInvalid, parse_definition, step_key_errors
 from app.workflows.repository import WorkflowRepository
 
 import asyncpg
@@ -27,10 +27,15 @@ def webhook_context(wf_id: uuid.UUID) -> str:
 
 
 def validate_definition(definition: dict) -> Dag:
+    """A definition about to be written: the parse rules plus the step-key rule (DESIGN §9.5)."""
+    errors = step_key_errors(definition)
     try:
-        return parse_definition(definition)
+        dag = parse_definition(definition)
     except DefinitionInvalid as exc:
-        raise Unprocessable(f"The workflow definition has {len(exc.errors)} problem(s).", errors=exc.errors) from None
+        errors = [*errors, *exc.errors]
+    if errors:
+        raise Unprocessable(f"The workflow definition has {len(errors)} problem(s).", errors=errors)
+    return dag
 
 
 class DagCache:
