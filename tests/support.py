@@ -149,7 +149,10 @@ class JwksServer:
 class World:
     """A local HTTP server for http_call steps. Behaviour is chosen by path:
 
-    /ok/<name>              200 JSON echo of the request (method, headers, query, body)
+    /ok/<name>              200 JSON echo of the request (method, url as sent, headers, query, body);
+                            ?status=N answers the same echo with status N
+    /last/<name>            200 JSON echo of the last request made to /ok/<name> (an upstream that
+                            remembers what it was sent, and tells whoever asks)
     /status/<code>/<name>   that status, JSON {"code": …}
     /flaky/<name>?fail=N    500 for the first N requests of <name>, then 200
     /gate/<name>            500 while the gate <name> is closed, 200 once opened (World.open)
@@ -193,7 +196,14 @@ class World:
                        "idempotency_key": self.headers.get("Idempotency-Key"), "n": n, "started": started}
                 status, payload = 200, {"ok": True, "name": name, "n": n}
                 if kind == "ok":
-                    payload = {"method": self.command, "query": q, "body": body, "headers": rec["headers"], "n": n}
+                    payload = {"method": self.command, "url": self.path, "query": q, "body": body,
+                               "headers": rec["headers"], "n": n}
+                    status = int(q.get("status", "200"))
+                    rec["echo"] = payload
+                elif kind == "last":
+                    with outer.lock:
+                        prior = [r for r in outer.requests if r["kind"] == "ok" and r["name"] == name]
+                    payload = prior[-1]["echo"] if prior else {}
                 elif kind == "status":
                     status = int(segs[1])
                     payload = {"code": status}
