@@ -57,7 +57,7 @@ class RunRead(BaseModel):
     finished_at: datetime | None = None
 
 
-_RUN_EXAMPLE = {
+_RUN_EXAMPLE: dict[str, Any] = {
     "id": "0b9c6b0e-5d7e-4f7c-9a52-3f1f0f2d9a11", "project_id": "6f1c2f5e-1f7b-4c1e-8a0e-2b8f9d0c4e21",
     "workflow_id": "a3e5d7c9-2b4f-4e6a-8c0d-1f3e5a7c9b2d", "workflow_version": 1, "status": "failed",
     "trigger": "api", "input": {"amount": 42},

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from app.storable import StorableObject, StorableText
 from app.workflows.definition import ALIASES, MAX_NODES, STEP_TYPES
 
-EXAMPLE_DEFINITION = {
+EXAMPLE_DEFINITION: dict[str, Any] = {
     "nodes": [
         {"id": "start", "data": {"type": "webhook"}},
         {"id": "charge", "data": {"type": "http_call", "config": {
