@@ -9,8 +9,8 @@ from typing import Any
 from pydantic import BaseModel
 
 BODY_RULES = """
-**Request bodies** are JSON (`Content-Type: application/json` or `application/*+json`; no
-`Content-Type` is read as JSON too; another media type → 415). Every JSON body, on every
+**Request bodies** are JSON: `Content-Type: application/json` (or `application/*+json`); a body
+without it or with another media type → 415. Every JSON body, on every
 endpoint, follows the same rules, each refused with a 422 problem naming the place:
 no byte order mark, no duplicate keys in an object, integers within the signed/unsigned 64-bit
 range (−2⁶³ … 2⁶⁴−1; nothing is ever rounded to a float), finite numbers only, no NUL character
@@ -100,7 +100,7 @@ def finish(schema: dict[str, Any], problem_ref: dict[str, Any], example_models: 
     schema.setdefault("servers", [{"url": "http://127.0.0.1:8000",
                                    "description": "`meshhook serve` on this machine"}])
     client_error = {"description": "The request is malformed", "content": {"application/problem+json": problem_ref}}
-    unsupported = {"description": "The body is not JSON (`Content-Type` names another media type)",
+    unsupported = {"description": "The body is not sent as JSON (`Content-Type` is missing or names another type)",
                    "content": {"application/problem+json": problem_ref}}
     for ops in schema.get("paths", {}).values():
         for op in ops.values():
