@@ -162,14 +162,18 @@ async def events(run_id: RunId, request: Request, user: CurrentUser, db: DbDep,
 @router.post("/runs/{run_id}/cancel", status_code=202, response_model=RunDetail, operation_id="runs-cancel",
              summary="Cancel a run (editor+): in-flight steps finish, no new step starts",
              responses=errors_for(401, 403, 404, 409, 422, 503))
-async def cancel(run_id: RunId, user: CurrentUser, db: DbDep):
+async def cancel(run_id: RunId, user: CurrentUser, db: DbDep, response: Response):
     async with db.user_scope(user.claims) as tx:
-        return await service.request_stop(tx, run_id, "cancel")
+        run = await service.request_stop(tx, run_id, "cancel")
+    response.headers["Location"] = f"/runs/{run_id}"
+    return run
 
 
 @router.post("/runs/{run_id}/pause", status_code=202, response_model=RunDetail, operation_id="runs-pause",
              summary="Pause a run (editor+): in-flight steps finish, no new step starts",
              responses=errors_for(401, 403, 404, 409, 422, 503))
-async def pause(run_id: RunId, user: CurrentUser, db: DbDep):
+async def pause(run_id: RunId, user: CurrentUser, db: DbDep, response: Response):
     async with db.user_scope(user.claims) as tx:
-        return await service.request_stop(tx, run_id, "pause")
+        run = await service.request_stop(tx, run_id, "pause")
+    response.headers["Location"] = f"/runs/{run_id}"
+    return run
