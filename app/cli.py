@@ -89,14 +89,15 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def cmd_serve(args) -> None:
+    settings = _settings()
+    sock = _bind(args.host, args.port)  # first: a taken port is known before anything else happens
+
     import uvicorn
 
     from app.auth.jwt import mint_dev_token
     from app.main import create_app
     from app.observability.logging import configure_logging
 
-    settings = _settings()
-    sock = _bind(args.host, args.port)
     configure_logging(settings.log_format, settings.log_level)
     url, embedded = _database_url(settings)
     _migrate(url)

@@ -137,8 +137,7 @@ async def test_a_minted_token_is_accepted_by_the_service(service, service_env, t
 
 async def test_token_without_sub_speaks_for_the_same_dev_user_every_time(service, service_env, tmp_path):
     env = base_env(tmp_path, **{k: service_env[k] for k in ("DATABASE_URL", "SUPABASE_URL", "SUPABASE_JWT_SECRET")})
-    first = await meshhook("token", env=env)
-    second = await meshhook("token", env=env)
+    first, second = await asyncio.gather(meshhook("token", env=env), meshhook("token", env=env))
     subs = []
     for rc, out, err in (first, second):
         assert rc == 0, err
