@@ -148,6 +148,18 @@ async def test_accept_with_q_zero_for_the_stream_gets_json(owner):
     assert r.headers["content-type"].startswith("text/event-stream") and "event: run_failed" in r.text
 
 
+async def test_last_event_id_is_what_the_spec_says(owner, service):
+    _, _, run = await _setup(owner)
+    spec = (await owner.get("/openapi.json")).json()
+    param = next(p for p in spec["paths"]["/runs/{run_id}/events"]["get"]["parameters"] if p["name"].lower() == "last-event-id")
+    assert param["schema"]["type"] == "string" and "anyOf" not in param["schema"]  # no "null": absent or digits
+    stream = {"Accept": "text/event-stream"}
+    problem(await owner.get(f"/runs/{run['id']}/events", headers={**stream, "Last-Event-ID": "null"}), 422)
+    all_ids = [e["id"] for e in (await owner.get(f"/runs/{run['id']}/events")).json()["items"]]
+    r = await owner.get(f"/runs/{run['id']}/events", headers={**stream, "Last-Event-ID": str(all_ids[-2])})
+    assert r.status_code == 200 and f"id: {all_ids[-1]}" in r.text and f"id: {all_ids[-2]}\n" not in r.text
+
+
 async def test_run_list_cursors_are_signed_and_bound_to_their_query(owner):
     project, wf, _ = await _setup(owner)
     await asyncio.gather(*(owner.start(wf["id"], {"i": i}) for i in range(3)))

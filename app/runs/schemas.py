@@ -11,6 +11,8 @@ from app.storable import StorableObject
 RunStatus = Literal["queued", "running", "paused", "succeeded", "failed", "cancelled"]
 RunTrigger = Literal["api", "webhook", "resume"]
 StepStatus = Literal["pending", "running", "succeeded", "failed", "paused", "skipped", "cancelled"]
+AttemptStatus = Literal["pending", "running", "succeeded", "failed", "paused", "skipped", "cancelled", "retrying",
+                        "worker_lost"]
 
 
 class RunStart(BaseModel):
@@ -38,12 +40,13 @@ class StepRead(BaseModel):
 class StepAttempt(BaseModel):
     """One attempt of a step: an http_call that is retried has one per try."""
     model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [
-        {"attempt": 1, "status": "failed", "started_at": "2026-11-26T10:00:00.015Z",
+        {"attempt": 1, "status": "retrying", "started_at": "2026-11-26T10:00:00.015Z",
          "finished_at": "2026-11-26T10:00:00.120Z", "error": {"type": "http_error", "status": 503,
                                                               "message": "HTTP 503"}, "retry_in_s": 1.07}]})
-    attempt: int = Field(ge=1, description="1 for the first try")
-    status: StepStatus | None = Field(default=None, description="How this attempt ended (`failed` for one that "
-                                                                "was retried)")
+    attempt: int = Field(description="1 for the first try")
+    status: AttemptStatus | None = Field(default=None, description="How this attempt ended: as its step does, "
+                                         "`retrying` when another attempt followed, `worker_lost` when the worker "
+                                         "running it died")
     started_at: datetime
     finished_at: datetime | None = None
     error: dict[str, Any] | None = None
