@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The two quick-start commands: `python3 dev.py serve` and `python3 dev.py test`.
+"""The quick-start commands: `python3 dev.py serve`, `test`, `bench`, `shell` (`--help` says more).
 
 Each creates ./.venv on first use and (re)installs the project when pyproject.toml
 changes, so a fresh machine with only Python 3.11 and the package registry is enough.
@@ -31,9 +31,43 @@ def ensure_env() -> None:
         stamp.write_text(want)
 
 
+HELP = """usage: python3 dev.py COMMAND [ARGS...]
+
+Development entry point. Every command first creates ./.venv (Python 3.11) and installs
+meshhook with its dev tools into it, again whenever pyproject.toml changes.
+
+commands:
+  serve [--host H] [--port P] [--no-worker]
+        The API and an in-process engine worker on http://127.0.0.1:8000. Without
+        DATABASE_URL it starts an embedded PostgreSQL and keeps its data, a JWT secret,
+        an encryption key and your dev user id in ~/.local/share/meshhook
+        (MESHHOOK_DATA_DIR), and prints a dev token. A taken port: use --port.
+  test [PYTEST ARGS]
+        The test suite (default: -q over tests/). Pass paths or -k/-m to run a part,
+        e.g. `python3 dev.py test tests/test_docs.py -x`.
+  bench [--quick]
+        The benchmark (bench/README.md); --quick takes seconds, the full run minutes.
+  shell [PYTHON ARGS]
+        The .venv's Python, e.g. `python3 dev.py shell -m app.cli token`.
+
+environment:
+  DATABASE_URL          serve: the PostgreSQL to use (unset: embedded)
+  TEST_DATABASE_URL     test: a maintenance database URL on which the suite creates and
+                        drops its throwaway databases (default: 127.0.0.1:5432 when it
+                        answers, else an embedded server under ~/.cache/meshhook-test-pg)
+  MESHHOOK_DATA_DIR     where the embedded server and generated keys live
+  more settings: README.md, "Configuration"
+
+The tests also need Node.js 18+ with npm for the generated TypeScript client checks;
+without it those tests fail and say so."""
+
+
 def main() -> int:
-    if len(sys.argv) < 2 or sys.argv[1] not in ("serve", "test", "bench", "shell"):
-        print("usage: python3 dev.py serve [meshhook serve args] | test [pytest args] | bench [--quick]")
+    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help", "help"):
+        print(HELP)
+        return 0 if len(sys.argv) >= 2 else 2
+    if sys.argv[1] not in ("serve", "test", "bench", "shell"):
+        print(f"dev.py: unknown command {sys.argv[1]!r}\n\n{HELP}", file=sys.stderr)
         return 2
     ensure_env()
     cmd, rest = sys.argv[1], sys.argv[2:]

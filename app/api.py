@@ -1,9 +1,11 @@
 """Shared pieces of the HTTP layer: the database dependency and documented error responses."""
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -59,6 +61,20 @@ def errors_for(*codes: int) -> dict[int | str, dict[str, Any]]:
 # Documents `Authorization: Bearer <jwt>` in the spec; app.auth.dependencies.current_user verifies it.
 bearer_scheme = HTTPBearer(auto_error=False, scheme_name="bearerAuth", bearerFormat="JWT",
                            description="A Supabase access token (ES256/RS256 via JWKS, or legacy HS256).")
+
+
+_CANONICAL_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+async def canonical_path_ids(request: Request) -> None:
+    """Path ids are UUIDs in the 8-4-4-4-12 form the spec's `format: uuid` means; Python alone would also take
+    `urn:uuid:…`, `{…}` or 32 bare hex digits. Runs before the route's own parameters are parsed."""
+    bad = [name for name, value in request.path_params.items()
+           if name.endswith("_id") and not _CANONICAL_UUID.match(value)]
+    if bad:
+        raise RequestValidationError([{"loc": ("path", name), "msg": "must be a UUID in the 8-4-4-4-12 form",
+                                       "type": "uuid_parsing", "input": request.path_params[name]}
+                                      for name in bad])
 
 
 async def get_db(request: Request) -> Database:

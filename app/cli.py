@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
+import socket
 import sys
 import uuid
 
@@ -58,14 +60,44 @@ def _migrate(url: str) -> None:
         raise SystemExit(2) from None
 
 
+def _dev_user() -> str:
+    """The dev identity: one user id kept in the data dir, so every `serve` and `token` speaks for the same user."""
+    from app.db.embedded import kept_value
+
+    return kept_value("dev_user_id", lambda: str(uuid.uuid4()))
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """Take the port before anything is printed or started, so a taken port is one clear line."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        print(f"meshhook: cannot listen on {host}: {exc.strerror}; pick another with --host", file=sys.stderr)
+        raise SystemExit(2) from None
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as exc:
+        sock.close()
+        why = "is already in use" if exc.errno == errno.EADDRINUSE else f"cannot be used ({exc.strerror})"
+        print(f"meshhook: port {port} on {host} {why}; pick another with --port", file=sys.stderr)
+        raise SystemExit(2) from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def cmd_serve(args) -> None:
+    settings = _settings()
+    sock = _bind(args.host, args.port)  # first: a taken port is known before anything else happens
+
     import uvicorn
 
     from app.auth.jwt import mint_dev_token
     from app.main import create_app
     from app.observability.logging import configure_logging
 
-    settings = _settings()
     configure_logging(settings.log_format, settings.log_level)
     url, embedded = _database_url(settings)
     _migrate(url)
@@ -74,13 +106,15 @@ def cmd_serve(args) -> None:
                      run_worker=not args.no_worker)
     base = f"http://{args.host}:{args.port}"
     if embedded and secret:
-        token = mint_dev_token(secret, str(uuid.uuid4()), issuer=settings.issuer, ttl_s=12 * 3600)
+        token = mint_dev_token(secret, _dev_user(), issuer=settings.issuer, ttl_s=12 * 3600)
         print(f"\nMeshHook is starting on {base} (embedded PostgreSQL: {url})\n"
-              f"A dev token (12 h) for a new user:\n  export TOKEN={token}\n"
+              f"A dev token (12 h) for your dev user (the same user on every start; "
+              f"`.venv/bin/meshhook token` prints a fresh one):\n  export TOKEN={token}\n"
               f"Try:\n  curl -s -X POST {base}/projects -H \"Authorization: Bearer $TOKEN\""
               f" -H 'Content-Type: application/json' -d '{{\"name\": \"demo\"}}'\n", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False,
-                timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 1)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None, access_log=False,
+                            timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 1)
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 def cmd_worker(args) -> None:
@@ -116,7 +150,7 @@ def cmd_token(args) -> None:
 
     settings = _settings()
     try:
-        sub = str(uuid.UUID(args.sub))
+        sub = str(uuid.UUID(args.sub)) if args.sub else _dev_user()
     except ValueError:
         print("meshhook: --sub must be a UUID", file=sys.stderr)
         raise SystemExit(2) from None
@@ -169,7 +203,8 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("migrate", help="apply database migrations")
     p.set_defaults(func=cmd_migrate)
     p = sub.add_parser("token", help="mint a dev token with the local HS256 secret")
-    p.add_argument("--sub", required=True, help="the user id (UUID)")
+    p.add_argument("--sub", default=None,
+                   help="the user id (UUID); default: the dev user kept in the data dir, the one `serve` prints")
     p.add_argument("--ttl", type=_positive_int, default=3600, help="lifetime in seconds (default 3600)")
     p.add_argument("--email", default=None)
     p.set_defaults(func=cmd_token)

@@ -107,6 +107,8 @@ def _allowed_methods(request: Request) -> list[str]:
         scope = {**request.scope, "method": method}
         if any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes):
             allowed.append(method)
+    if "GET" in allowed:
+        allowed.insert(1, "HEAD")  # the middleware serves HEAD wherever GET works
     return allowed
 
 

@@ -6,12 +6,14 @@ import hmac
 import logging
 
 import httpx
-from fastapi import FastAPI, Request, Security
+from fastapi import Depends, FastAPI, Request, Security
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.api import Problem, bearer_scheme, errors_for
+from app.api import Problem, bearer_scheme, canonical_path_ids, errors_for
+from app.apidocs import install_docs
+from app.contract import finish as finish_contract
 from app.auth.jwt import TokenVerifier
 from app.db.engine import Database
 from app.errors import DatabaseUnavailable, Unauthorized, install_error_handlers
@@ -81,11 +83,13 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
             await app.state.http.aclose()
             await app.state.db.dispose()
 
+    # redirect_slashes=False: a trailing slash is a 404, never a redirect built from the Host header.
     app = FastAPI(title="MeshHook engine service", version="0.1.0", description=DESCRIPTION,
                   lifespan=lifespan,
-                  openapi_tags=OPENAPI_TAGS)
+                  openapi_tags=OPENAPI_TAGS, docs_url=None, redoc_url=None, redirect_slashes=False)
     app.state.settings = settings
     install_error_handlers(app)
+    install_docs(app, "MeshHook engine service")
 
     from app.audit.router import router as audit_router
     from app.hooks.router import router as hooks_router
@@ -96,8 +100,8 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
 
     # bearer_scheme only documents the security scheme (CurrentUser does the checking); hooks are signed instead.
     for r in (projects_router, workflows_router, runs_router, resume_router, audit_router):
-        app.include_router(r, dependencies=[Security(bearer_scheme)])
-    app.include_router(hooks_router)
+        app.include_router(r, dependencies=[Security(bearer_scheme), Depends(canonical_path_ids)])
+    app.include_router(hooks_router, dependencies=[Depends(canonical_path_ids)])
 
     @app.get("/healthz", tags=["health"], operation_id="health-live", summary="Liveness")
     async def healthz():
@@ -134,6 +138,7 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
         if app.openapi_schema:
             return app.openapi_schema
         from app.resume.schemas import ResumeRequest
+        from app.runs.schemas import RunDetail
 
         schema = _orig_openapi()
         components = schema.setdefault("components", {})
@@ -150,6 +155,7 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
                     op["responses"].setdefault("413", too_large)
                     op["responses"] = dict(sorted(op["responses"].items()))
         components["schemas"] = dict(sorted(schemas.items()))
+        finish_contract(schema, {"schema": {"$ref": "#/components/schemas/Problem"}}, example_models=(RunDetail,))
         app.openapi_schema = schema
         return schema
 

@@ -2,10 +2,12 @@
 is a 422 naming the field at the edge rather than a driver error deep inside a transaction."""
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Annotated, Any
 
+import orjson
 from pydantic import AfterValidator
 
 MAX_JSON_DEPTH = 64
@@ -53,3 +55,71 @@ StorableText = Annotated[str, AfterValidator(_text)]
 
 StorableObject = Annotated[dict[str, Any], AfterValidator(check_json)]
 """A JSON object PostgreSQL jsonb can store: no NUL, finite numbers, 64-bit integers, ≤ 64 levels deep."""
+
+
+class _Refused(ValueError):
+    pass
+
+
+def _exact_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:  # more digits than Python converts (4300)
+        raise _Refused(f"the integer {text[:20]}… is out of the 64-bit range") from None
+    if not _INT_MIN <= value <= _INT_MAX:
+        raise _Refused(f"the integer {text[:40]} is out of the 64-bit range (it would lose precision)")
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]  # set.add is None
+        raise _Refused(f"the key {dup[:100]!r} appears more than once in an object")
+    return obj
+
+
+_LONG_INT = re.compile(rb"\d{19}")
+_SPACED_KEY = re.compile(rb'"\s+:')
+
+
+def _count_keys(value: Any) -> int:
+    n, stack = 0, [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            n += len(v)
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return n
+
+
+def json_body_problem(raw: bytes) -> str | None:
+    """What makes `raw` unacceptable as a JSON request body on every endpoint alike, or None: a byte order
+    mark, a duplicate key, an integer no 64-bit type holds. Bodies that are not JSON at all are left to the
+    route, which reports them in its own words.
+
+    The fast path costs about a fifth of a json.loads with hooks (5 µs against 25 µs for a resume body on
+    the shared 2-core machine, where orjson alone takes 1.4 µs); the slow parse runs only when a body may
+    be refused, or has escaped quotes or long digit runs."""
+    if raw.startswith(b"\xef\xbb\xbf"):
+        return "the body starts with a byte order mark; send UTF-8 without one"
+    # Fast path. Outside strings, `":` ends every key (unless spaced as `" :`); inside one it needs an
+    # escaped quote (`\"`). So without `\"`, spaced keys or a run of 19 digits, orjson's object sizes adding
+    # up to the number of `":` proves there is no duplicate key and no integer beyond 64 bits.
+    if b'\\"' not in raw and not _LONG_INT.search(raw) and not _SPACED_KEY.search(raw):
+        try:
+            parsed = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return None
+        if _count_keys(parsed) == raw.count(b'":'):
+            return None
+    try:
+        json.loads(raw, object_pairs_hook=_unique_keys, parse_int=_exact_int)
+    except _Refused as exc:
+        return str(exc)
+    except (ValueError, RecursionError):
+        return None
+    return None

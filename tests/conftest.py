@@ -8,6 +8,8 @@ import base64
 import hashlib
 import hmac
 import json
+import os
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -18,6 +20,31 @@ import pytest
 
 from tests import support
 from tests.support import Keys, World
+
+
+def pytest_sessionstart(session) -> None:
+    # Printed with -q too (pytest's own report header is not), so `python3 dev.py test` says it.
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(_header_line())
+
+
+def _header_line() -> str:
+    """One line: which PostgreSQL the suite uses, and whether the Node.js checks can run."""
+    from urllib.parse import urlsplit
+
+    url = support.admin_url() if (os.environ.get("TEST_DATABASE_URL") or support.server_reachable()) else None
+    if url is None:
+        where = "an embedded server (pgserver; set TEST_DATABASE_URL to use another)"
+    else:
+        parts = urlsplit(url)
+        source = "TEST_DATABASE_URL" if os.environ.get("TEST_DATABASE_URL") else "the local server answered"
+        where = f"{parts.hostname or parts.path}:{parts.port or 5432} ({source})"
+    tools = {tool: shutil.which(tool) is not None for tool in ("node", "npm", "npx")}
+    node = ("node/npm: yes (TypeScript client, tsc and Redocly checks run; npx fetches packages on first use)"
+            if all(tools.values()) else
+            f"node/npm: MISSING ({', '.join(t for t, ok in tools.items() if not ok)}): the client checks will fail")
+    return f"meshhook: throwaway databases on {where}; {node}"
 
 
 @pytest.fixture(scope="session")

@@ -33,7 +33,7 @@ def free_port() -> int:
 
 
 # ---------------------------------------------------------------- databases
-def _server_reachable(host="127.0.0.1", port=5432) -> bool:
+def server_reachable(host="127.0.0.1", port=5432) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5):
             return True
@@ -46,7 +46,7 @@ def admin_url(url_env: str = "TEST_DATABASE_URL", pgdata_env: str = "MESHHOOK_TE
     """A URL of a maintenance database: $url_env, else 127.0.0.1:5432, else an embedded server."""
     if os.environ.get(url_env):
         return os.environ[url_env]
-    if _server_reachable():
+    if server_reachable():
         return "postgresql://postgres@127.0.0.1:5432/postgres"
     import pgserver
 

@@ -133,3 +133,36 @@ async def test_a_minted_token_is_accepted_by_the_service(service, service_env, t
         # and the same token signed with another secret is refused
         forged = jwt.encode(claims, "a-different-secret-that-is-long-enough-0123456789", algorithm="HS256")
         assert (await http.get("/projects", headers={"Authorization": f"Bearer {forged}"})).status_code == 401
+
+
+async def test_token_without_sub_speaks_for_the_same_dev_user_every_time(service, service_env, tmp_path):
+    env = base_env(tmp_path, **{k: service_env[k] for k in ("DATABASE_URL", "SUPABASE_URL", "SUPABASE_JWT_SECRET")})
+    first, second = await asyncio.gather(meshhook("token", env=env), meshhook("token", env=env))
+    subs = []
+    for rc, out, err in (first, second):
+        assert rc == 0, err
+        subs.append(jwt.decode(out.strip(), support.HS_SECRET, algorithms=["HS256"], audience="authenticated")["sub"])
+    assert subs[0] == subs[1]
+    assert (tmp_path / "data" / "dev_user_id").read_text().strip() == subs[0]
+    # What one token created, a token minted later for the dev user still sees.
+    async with httpx.AsyncClient(base_url=service.url, timeout=30) as http:
+        created = await http.post("/projects", json={"name": "mine"},
+                                  headers={"Authorization": f"Bearer {first[1].strip()}"})
+        assert created.status_code == 201, created.text
+        later = await meshhook("token", env=env)
+        listed = await http.get("/projects", headers={"Authorization": f"Bearer {later[1].strip()}"})
+        assert [p["id"] for p in listed.json()["items"]] == [created.json()["id"]]
+
+
+async def test_serve_on_a_taken_port_is_one_line_naming_the_port_option(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        rc, out, err = await meshhook("serve", "--port", str(port),
+                                      env=base_env(tmp_path, DATABASE_URL=UNREACHABLE))
+    assert out == ""  # no banner, no token before the failure
+    line = assert_one_clear_line(rc, err, "--port", str(port))
+    assert "in use" in line

@@ -19,7 +19,7 @@ class RequestFacts:
     user_agent: str | None
 
     @classmethod
-    def of(cls, request: Request) -> "RequestFacts":
+    def of(cls, request: Request) -> RequestFacts:
         ua = request.headers.get("user-agent")
         return cls(getattr(request.state, "request_id", None),
                    request.client.host if request.client else None, ua[:500] if ua else None)

@@ -85,7 +85,7 @@ class TokenVerifier:
         self.http = http
         self._cache: OrderedDict[str, tuple[float, User]] = OrderedDict()
         self._cache_max = 10_000
-        self._supabase = None
+        self._supabase: Any = None  # a supabase AsyncClient, created on first use
 
     async def verify(self, token: str) -> User:
         hit = self._cache.get(token)
@@ -153,7 +153,7 @@ class TokenVerifier:
             uid = None
         # Only the canonical 8-4-4-4-12 form: Python also parses "urn:uuid:…" and "{…}", which
         # Postgres' auth.uid() cannot cast, so such a token would fail later as a 4xx/5xx.
-        if uid is None or str(uid) != sub.lower():
+        if uid is None or str(uid) != str(sub).lower():
             raise Unauthorized("The token's subject is not a user id.")
         if claims.get("role") != "authenticated":
             raise Unauthorized("The token's role is not 'authenticated'.")

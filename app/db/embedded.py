@@ -28,10 +28,20 @@ def kept_value(name: str, make) -> str:
     path = data_dir() / name
     if path.exists():
         return path.read_text().strip()
-    value = make()
-    path.write_text(value)
-    path.chmod(0o600)
-    return value
+    # Two processes starting at once (`serve` and `meshhook token`) must agree: write a private temp
+    # file, then link it into place, which fails if the other one was first; then both read the winner.
+    tmp = path.with_name(f".{name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(make())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path.read_text().strip()
 
 
 def local_jwt_secret() -> str:

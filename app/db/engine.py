@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any, AsyncIterator
+from typing import Any
+from collections.abc import AsyncIterator
 
 import asyncpg
 import orjson
@@ -167,9 +168,9 @@ class Database:
         retried = False
         for _ in range(self.capacity + 1):
             sa_conn = await self._checkout()
-            raw = None
+            raw: asyncpg.Connection | None = None
             try:
-                raw: asyncpg.Connection = (await sa_conn.get_raw_connection()).driver_connection
+                raw = (await sa_conn.get_raw_connection()).driver_connection
                 if not raw.is_closed():
                     # One round trip opens the transaction and, for a user, switches to the
                     # `authenticated` role with the verified claims (simple-query protocol).
@@ -223,7 +224,7 @@ class Database:
             return await tx.fetchval("select 1") == 1
 
 
-def is_db_unavailable(exc: BaseException) -> bool:
+def is_db_unavailable(exc: BaseException | None) -> bool:
     seen = 0
     while exc is not None and seen < 5:
         if isinstance(exc, _UNAVAILABLE):

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -36,11 +36,11 @@ SHORT_DELAY_S = 2.0  # delays shorter than this are waited out in the worker ins
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class RunDriver:
-    def __init__(self, worker: "Worker", run, dag: Dag):
+    def __init__(self, worker: Worker, run, dag: Dag):
         self.w = worker
         self.run = run
         self.run_id = run["id"]
@@ -362,6 +362,7 @@ class RunDriver:
 
     async def _settle_run(self) -> None:
         now = _now()
+        error: dict[str, Any] | None
         if self.stop_reason == "cancel":
             for key, st in self.status.items():
                 if st not in SETTLED or st == "paused":

@@ -82,7 +82,7 @@ class EngineRepository:
 
     async def add_events(self, run_id: uuid.UUID, project_id: uuid.UUID, events: list[tuple]) -> None:
         if events:
-            types, keys, payloads = zip(*events)
+            types, keys, payloads = zip(*events, strict=True)
             await self.tx.execute(_EVENTS, run_id, project_id, list(types), list(keys), list(payloads))
 
     async def finish_run(self, run_id: uuid.UUID, status: str, error: dict | None, final: bool) -> None:

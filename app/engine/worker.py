@@ -113,7 +113,7 @@ class Worker:
                 conn = await asyncpg.connect(self.db.dsn, timeout=self.settings.db_connect_timeout_s,
                                              server_settings={"application_name": "meshhook-listener"})
                 lost = asyncio.Event()
-                conn.add_termination_listener(lambda _c: lost.set())
+                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await conn.add_listener(CHANNEL, lambda *_: self._wake.set())
                 self.listener_connects += 1
                 self.listening.set()
@@ -197,6 +197,8 @@ class Worker:
             if dag is None:  # versions are immutable: only the first run of one costs a read
                 async with self.db.service_scope() as tx:
                     dag = await self.dags.get(tx, run["workflow_id"], run["workflow_version"])
+            if dag is None:  # the version's row is gone or its definition no longer parses: a crash, counted below
+                raise LookupError(f"workflow version {run['workflow_version']} of the run cannot be loaded")
             driver = RunDriver(self, run, dag)
             await driver.drive()
         except asyncio.CancelledError:

@@ -79,10 +79,11 @@ async def _plan_for(tx: Tx, run, statuses: dict[str, str], req_step: str, versio
             version = (await WorkflowRepository(tx).get(run["workflow_id"]))["latest_version"]
         else:
             version = int(version_choice)
-        new_dag = dag if version == run["workflow_version"] else await dag_cache.get(tx, run["workflow_id"], version)
-        if new_dag is None:
+        loaded = dag if version == run["workflow_version"] else await dag_cache.get(tx, run["workflow_id"], version)
+        if loaded is None:
             raise Unprocessable(f"Workflow version {version} does not exist.",
                                 errors=[{"loc": ["body", "workflow_version"], "msg": "no such version"}])
+        new_dag = loaded
         if req_step not in new_dag.steps:
             raise Unprocessable(f"Version {version} has no step {req_step!r}.",
                                 errors=[{"loc": ["body", "from_step"], "msg": "step not in the chosen version"}])
@@ -129,7 +130,7 @@ async def _resume_tx(tx: Tx, user: User, run_id: uuid.UUID, req: ResumeRequest, 
                                     errors=[{"loc": ["header", "idempotency-key"], "msg": "reused with another body"}])
             ctx["replay"] = True
             raise _Replay(prior["status_code"], prior["response"])
-    statuses = dict(zip(run["step_keys"], run["step_statuses"]))
+    statuses = dict(zip(run["step_keys"], run["step_statuses"], strict=True))
     plan, version, _old_dag, new_dag = await _plan_for(tx, run, statuses, req.from_step, req.workflow_version)
     if run["active_child"] is not None:
         raise Conflict("A resumed run of this run is already queued or running.",
@@ -162,7 +163,7 @@ def _new_run_view(new_id, parent, version, new_input, req: ResumeRequest, user: 
     for r in rows:
         if r["step_key"] is not None:
             steps.append((r["position"], step_dict(r, set())))
-    for key, typ, pos in zip(*pending):
+    for key, typ, pos in zip(*pending, strict=True):
         steps.append((pos, {"key": key, "type": typ, "status": "pending", "attempt": 0, "input": None,
                             "output": None, "output_truncated": False, "error": None, "started_at": None,
                             "finished_at": None, "reused_from": None, "eligible_for_resume": False}))

@@ -33,6 +33,27 @@ def _rfc3339(value):
 
 
 Timestamp = Annotated[datetime, BeforeValidator(_rfc3339)]
+
+
+def wants_event_stream(accept: str) -> bool:
+    """Content negotiation (RFC 9110 §12.5.1): the stream when text/event-stream is acceptable (q > 0) and
+    preferred at least as much as JSON; `text/event-stream;q=0, application/json` is JSON."""
+    weights: dict[str, float] = {}
+    for item in accept.split(","):
+        media, *params = (part.strip() for part in item.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        media = media.lower()
+        weights[media] = max(weights.get(media, 0.0), q) if media in weights else q
+    sse = weights.get("text/event-stream", 0.0)
+    json = max((weights[m] for m in ("application/json", "application/*", "*/*") if m in weights), default=0.0)
+    return sse > 0 and sse >= json
 FINAL_EVENTS = {"run_succeeded", "run_failed", "run_cancelled"}
 
 
@@ -49,7 +70,7 @@ async def start_run(workflow_id: Annotated[uuid.UUID, Path()], body: RunStart, u
 @router.get("/runs", response_model=RunList, operation_id="runs-list",
             summary="Runs visible to the caller, newest first (keyset pagination)",
             responses=errors_for(401, 404, 422, 503))
-async def list_runs(user: CurrentUser, db: DbDep,
+async def list_runs(request: Request, user: CurrentUser, db: DbDep,
                     project_id: uuid.UUID | None = None, workflow_id: uuid.UUID | None = None,
                     status: Literal["queued", "running", "paused", "succeeded", "failed", "cancelled"] | None = None,
                     created_after: Timestamp | None = None, created_before: Timestamp | None = None,
@@ -59,7 +80,12 @@ async def list_runs(user: CurrentUser, db: DbDep,
     async with db.user_scope(user.claims) as tx:
         return await service.list_runs(tx, project_id=project_id, workflow_id=workflow_id, status=status,
                                        created_after=created_after, created_before=created_before,
-                                       cursor=cursor, limit=limit)
+                                       cursor=cursor, limit=limit, seal=_cursor_seal(request))
+
+
+def _cursor_seal(request: Request) -> service.CursorSeal:
+    query = "&".join(sorted(f"{k}={v}" for k, v in request.query_params.multi_items() if k not in ("cursor", "limit")))
+    return service.CursorSeal(request.app.state.cipher.derive_key("runs-list-cursor"), query)
 
 
 @router.get("/runs/{run_id}", response_model=RunDetail, operation_id="runs-get",
@@ -96,7 +122,7 @@ async def events(run_id: RunId, request: Request, user: CurrentUser, db: DbDep,
                  limit: Annotated[int, Query(ge=1, le=1000)] = 500,
                  last_event_id: Annotated[str | None, Header(pattern=r"^[0-9]{1,18}$",
                                                              description="Resume the stream after this event id")] = None):
-    if "text/event-stream" not in request.headers.get("accept", ""):
+    if not wants_event_stream(request.headers.get("accept", "")):
         async with db.user_scope(user.claims) as tx:
             return await service.list_events(tx, run_id, after, limit)
     if last_event_id:
@@ -136,14 +162,18 @@ async def events(run_id: RunId, request: Request, user: CurrentUser, db: DbDep,
 @router.post("/runs/{run_id}/cancel", status_code=202, response_model=RunDetail, operation_id="runs-cancel",
              summary="Cancel a run (editor+): in-flight steps finish, no new step starts",
              responses=errors_for(401, 403, 404, 409, 422, 503))
-async def cancel(run_id: RunId, user: CurrentUser, db: DbDep):
+async def cancel(run_id: RunId, user: CurrentUser, db: DbDep, response: Response):
     async with db.user_scope(user.claims) as tx:
-        return await service.request_stop(tx, run_id, "cancel")
+        run = await service.request_stop(tx, run_id, "cancel")
+    response.headers["Location"] = f"/runs/{run_id}"
+    return run
 
 
 @router.post("/runs/{run_id}/pause", status_code=202, response_model=RunDetail, operation_id="runs-pause",
              summary="Pause a run (editor+): in-flight steps finish, no new step starts",
              responses=errors_for(401, 403, 404, 409, 422, 503))
-async def pause(run_id: RunId, user: CurrentUser, db: DbDep):
+async def pause(run_id: RunId, user: CurrentUser, db: DbDep, response: Response):
     async with db.user_scope(user.claims) as tx:
-        return await service.request_stop(tx, run_id, "pause")
+        run = await service.request_stop(tx, run_id, "pause")
+    response.headers["Location"] = f"/runs/{run_id}"
+    return run

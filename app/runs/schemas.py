@@ -9,7 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.storable import StorableObject
 
 RunStatus = Literal["queued", "running", "paused", "succeeded", "failed", "cancelled"]
+RunTrigger = Literal["api", "webhook", "resume"]
 StepStatus = Literal["pending", "running", "succeeded", "failed", "paused", "skipped", "cancelled"]
+AttemptStatus = Literal["pending", "running", "succeeded", "failed", "paused", "skipped", "cancelled", "retrying",
+                        "worker_lost"]
 
 
 class RunStart(BaseModel):
@@ -34,8 +37,24 @@ class StepRead(BaseModel):
     eligible_for_resume: bool = False
 
 
+class StepAttempt(BaseModel):
+    """One attempt of a step: an http_call that is retried has one per try."""
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [
+        {"attempt": 1, "status": "retrying", "started_at": "2026-11-26T10:00:00.015Z",
+         "finished_at": "2026-11-26T10:00:00.120Z", "error": {"type": "http_error", "status": 503,
+                                                              "message": "HTTP 503"}, "retry_in_s": 1.07}]})
+    attempt: int = Field(description="1 for the first try")
+    status: AttemptStatus | None = Field(default=None, description="How this attempt ended: as its step does, "
+                                         "`retrying` when another attempt followed, `worker_lost` when the worker "
+                                         "running it died")
+    started_at: datetime
+    finished_at: datetime | None = None
+    error: dict[str, Any] | None = None
+    retry_in_s: float | None = Field(default=None, description="The wait before the next attempt, when one followed")
+
+
 class StepDetail(StepRead):
-    attempts: list[dict[str, Any]] = Field(default_factory=list)
+    attempts: list[StepAttempt] = Field(default_factory=list)
 
 
 class RunRead(BaseModel):
@@ -45,7 +64,7 @@ class RunRead(BaseModel):
     workflow_id: uuid.UUID
     workflow_version: int
     status: RunStatus
-    trigger: Literal["api", "webhook", "resume"]
+    trigger: RunTrigger
     input: Any = None
     error: dict[str, Any] | None = None
     parent_run_id: uuid.UUID | None = None
@@ -57,7 +76,7 @@ class RunRead(BaseModel):
     finished_at: datetime | None = None
 
 
-_RUN_EXAMPLE = {
+_RUN_EXAMPLE: dict[str, Any] = {
     "id": "0b9c6b0e-5d7e-4f7c-9a52-3f1f0f2d9a11", "project_id": "6f1c2f5e-1f7b-4c1e-8a0e-2b8f9d0c4e21",
     "workflow_id": "a3e5d7c9-2b4f-4e6a-8c0d-1f3e5a7c9b2d", "workflow_version": 1, "status": "failed",
     "trigger": "api", "input": {"amount": 42},
@@ -67,15 +86,15 @@ _RUN_EXAMPLE = {
     "started_at": "2026-11-26T10:00:00.010Z", "finished_at": "2026-11-26T10:00:03.200Z",
     "steps": [
         {"key": "start", "type": "webhook", "status": "succeeded", "attempt": 1, "input": {"amount": 42},
-         "output": {"amount": 42}, "error": None, "started_at": "2026-11-26T10:00:00.012Z",
+         "output": {"amount": 42}, "output_truncated": False, "error": None, "started_at": "2026-11-26T10:00:00.012Z",
          "finished_at": "2026-11-26T10:00:00.013Z", "reused_from": None, "eligible_for_resume": False},
         {"key": "charge", "type": "http_call", "status": "failed", "attempt": 3,
-         "input": {"method": "POST", "url": "http://127.0.0.1:8080/charge"}, "output": None,
+         "input": {"method": "POST", "url": "http://127.0.0.1:8080/charge"}, "output": None, "output_truncated": False,
          "error": {"type": "http_error", "status": 503, "message": "HTTP 503"},
          "started_at": "2026-11-26T10:00:00.015Z", "finished_at": "2026-11-26T10:00:03.190Z",
          "reused_from": None, "eligible_for_resume": True},
         {"key": "summary", "type": "transform", "status": "pending", "attempt": 0, "input": None, "output": None,
-         "error": None, "started_at": None, "finished_at": None, "reused_from": None, "eligible_for_resume": False},
+         "output_truncated": False, "error": None, "started_at": None, "finished_at": None, "reused_from": None, "eligible_for_resume": False},
     ],
     "resumed_runs": [], "eligible_steps": ["charge"],
 }
@@ -98,7 +117,7 @@ class LineageNode(BaseModel):
     id: uuid.UUID
     parent_run_id: uuid.UUID | None
     status: RunStatus
-    trigger: str
+    trigger: RunTrigger
     resumed_from_step: str | None
     created_at: datetime
     finished_at: datetime | None

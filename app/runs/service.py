@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 
 import orjson
@@ -106,32 +109,58 @@ async def get_step(tx: Tx, run_id: uuid.UUID, key: str) -> dict:
     return step_dict(step, eligible) | {"attempts": step["attempts"]}
 
 
-def encode_cursor(created_at: datetime, run_id: uuid.UUID) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps([created_at.isoformat(), str(run_id)])).decode().rstrip("=")
+@dataclass(frozen=True)
+class CursorSeal:
+    """Signs list cursors with a server key (HMAC-SHA256) over the position and the query they came from,
+    so a cursor cannot be forged or carried over to another query."""
+    key: bytes
+    query: str  # the request's filters, canonical (everything but cursor and limit)
+
+    def _tag(self, payload: bytes) -> bytes:
+        return hmac.new(self.key, self.query.encode() + b"\n" + payload, hashlib.sha256).digest()[:16]
+
+    def seal(self, payload: bytes) -> str:
+        return base64.urlsafe_b64encode(self._tag(payload) + payload).decode().rstrip("=")
+
+    def open(self, cursor: str) -> bytes | None:
+        try:
+            raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        except ValueError:
+            return None
+        tag, payload = raw[:16], raw[16:]
+        return payload if len(tag) == 16 and hmac.compare_digest(tag, self._tag(payload)) else None
 
 
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+def encode_cursor(created_at: datetime, run_id: uuid.UUID, seal: CursorSeal) -> str:
+    return seal.seal(orjson.dumps([created_at.isoformat(), str(run_id)]))
+
+
+def decode_cursor(cursor: str, seal: CursorSeal) -> tuple[datetime, uuid.UUID]:
     try:
-        pad = "=" * (-len(cursor) % 4)
-        ts, rid = orjson.loads(base64.urlsafe_b64decode(cursor + pad))
+        payload = seal.open(cursor)
+        if payload is None:
+            raise ValueError("bad signature")
+        ts, rid = orjson.loads(payload)
         return datetime.fromisoformat(ts), uuid.UUID(rid)
     except Exception:  # noqa: BLE001 - any garbage is the client's mistake
-        raise Unprocessable("The cursor is not valid.", errors=[{"loc": ["query", "cursor"], "msg": "invalid cursor"}]) from None
+        raise Unprocessable("The cursor is not valid for this query: pass `next_cursor` with the same filters.",
+                            errors=[{"loc": ["query", "cursor"], "msg": "invalid cursor"}]) from None
 
 
-async def list_runs(tx: Tx, *, project_id, workflow_id, status, created_after, created_before, cursor, limit):
+async def list_runs(tx: Tx, *, project_id, workflow_id, status, created_after, created_before, cursor, limit,
+                    seal: CursorSeal):
     if project_id is not None:
         role = await ProjectRepository(tx).role_of_caller(project_id)
         check_role(role, "viewer", "project")
     if workflow_id is not None:
         await workflow_for(tx, workflow_id, "viewer")
-    cur = decode_cursor(cursor) if cursor else None
+    cur = decode_cursor(cursor, seal) if cursor else None
     rows = await RunRepository(tx).list_runs(project_id=project_id, workflow_id=workflow_id, status=status,
                                              created_after=created_after, created_before=created_before,
                                              cursor=cur, limit=limit)
     more = len(rows) > limit
     rows = rows[:limit]
-    nxt = encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more and rows else None
+    nxt = encode_cursor(rows[-1]["created_at"], rows[-1]["id"], seal) if more and rows else None
     return {"items": [run_dict(r) for r in rows], "next_cursor": nxt}
 
 

@@ -55,7 +55,7 @@ class EventHub:
             try:
                 conn = await asyncpg.connect(self.dsn, timeout=3, server_settings={"application_name": "meshhook-stream"})
                 lost = asyncio.Event()
-                conn.add_termination_listener(lambda _c: lost.set())
+                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await conn.add_listener(CHANNEL, self._on_notify)
                 self.connected.set()
                 backoff = 0.1

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 
@@ -99,7 +99,7 @@ def step_key_errors(definition: Any) -> list[dict[str, Any]]:
     return errors
 
 
-def _num(v: Any) -> bool:
+def _num(v: Any) -> TypeGuard[int | float]:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
@@ -140,11 +140,13 @@ def _check_config(typ: str, cfg: dict, loc: list, node: str, errors: list) -> No
                     bad("retry", f"{f2} must be a number in [0, {hi}]")
     elif typ == "transform":
         allowed = {"expression"}
-        if not isinstance(cfg.get("expression"), str) or not cfg.get("expression").strip():
+        text = cfg.get("expression")
+        if not isinstance(text, str) or not text.strip():
             bad("expression", "is required and must be a JMESPath expression")
     elif typ == "branch":
         allowed = {"condition"}
-        if not isinstance(cfg.get("condition"), str) or not cfg.get("condition").strip():
+        text = cfg.get("condition")
+        if not isinstance(text, str) or not text.strip():
             bad("condition", "is required and must be a JMESPath expression")
     elif typ == "delay":
         allowed = {"seconds"}
@@ -164,8 +166,8 @@ def _check_config(typ: str, cfg: dict, loc: list, node: str, errors: list) -> No
     for extra in sorted(set(cfg) - allowed):
         bad(extra, "unknown field")
     for sub_loc, msg in check_templates(cfg, []):
-        fld = str(sub_loc[0]) if sub_loc else None
-        _err(errors, [*loc, *sub_loc], msg, node, fld)
+        template_field = str(sub_loc[0]) if sub_loc else None
+        _err(errors, [*loc, *sub_loc], msg, node, template_field)
     if typ in ("transform",) and isinstance(cfg.get("expression"), str):
         from app.workflows.templates import TemplateError, compile_expression
         try:

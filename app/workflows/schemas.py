@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from app.storable import StorableObject, StorableText
 from app.workflows.definition import ALIASES, MAX_NODES, STEP_TYPES
 
-EXAMPLE_DEFINITION = {
+EXAMPLE_DEFINITION: dict[str, Any] = {
     "nodes": [
         {"id": "start", "data": {"type": "webhook"}},
         {"id": "charge", "data": {"type": "http_call", "config": {
@@ -36,7 +36,10 @@ DEFINITION_SCHEMA: dict[str, Any] = {
                 "id": {"type": "string", "minLength": 1, "maxLength": 100, "description": "The step key"},
                 "type": {"description": "The step type, when `data.type` is absent"},
                 "data": {"type": "object", "additionalProperties": True, "properties": {
-                    "type": {"type": "string", "enum": [*STEP_TYPES, *ALIASES]},
+                    # Canonical names only (generators make one enum member per name); the editor's
+                    # aliases (httpCall, http-call, httpcall) are still accepted.
+                    "type": {"type": "string", "enum": list(STEP_TYPES),
+                             "description": f"Aliases accepted as well: {', '.join(sorted(ALIASES))}"},
                     "config": {"anyOf": [{"type": "object", "additionalProperties": True}, {"type": "null"}],
                                "description": "Per type: http_call {method, url, headers?, query?, body?, timeout_s?, "
                                               "retry?}; transform {expression}; branch {condition}; delay "
