@@ -67,6 +67,8 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
         app.state.cipher = Cipher(key)
         app.state.hub = EventHub(listen_dsn(settings.listen_url, url), poll_s=settings.poll_interval_s)
         app.state.hub.start()  # at start, so a process with nowhere to LISTEN says it polls right away
+        log.info("database pool ready", extra={"pooler": app.state.db.pooler, "pool_size": settings.db_pool_size,
+                                               "notifications": "listen" if app.state.hub.listens else "polling"})
         worker = None
         if run_worker:
             from app.engine.worker import Worker

@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import os
 import time
 import uuid
 from pathlib import Path
@@ -17,6 +18,21 @@ import pytest
 
 from tests import support
 from tests.support import Keys, World
+
+
+# MESHHOOK_TEST_POOLER=transaction runs the suite through a real PgBouncer in transaction mode: the
+# service is 2 API processes and 2 workers on one pooler (behind a round-robin proxy), the superuser
+# pool of the tests goes through it too, and LISTEN goes straight to the server (MESHHOOK_LISTEN_URL).
+POOLER = os.environ.get("MESHHOOK_TEST_POOLER", "")
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(admin_url):
+    from tests.pgbouncer import PgBouncer
+
+    bouncer = PgBouncer(admin_url).start()
+    yield bouncer
+    bouncer.stop()
 
 
 @pytest.fixture(scope="session")
@@ -61,23 +77,40 @@ def logs_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def service_env(database_url, jwks_server):
+def service_env(database_url, jwks_server, request):
+    if POOLER:
+        bouncer = request.getfixturevalue("pgbouncer")
+        return support.service_env(bouncer.url(database_url), jwks_server.url, MESHHOOK_DB_POOLER=POOLER,
+                                   MESHHOOK_LISTEN_URL=database_url)
     return support.service_env(database_url, jwks_server.url)
 
 
 @pytest.fixture(scope="session")
 def service(service_env, logs_dir):
+    if POOLER:
+        replicas = support.Replicas(service_env, logs_dir / "api.log", apis=2, workers=2)
+        yield type("Service", (), {"url": replicas.url, "proc": replicas.apis[0][0], "log": logs_dir / "api.log",
+                                   "replicas": replicas})
+        replicas.close()
+        return
     proc, base = support.start_api(service_env, logs_dir / "api.log")
     yield type("Service", (), {"url": base, "proc": proc, "log": logs_dir / "api.log"})
     proc.terminate()
 
 
 @pytest.fixture(scope="session")
-async def db(database_url):
+async def db(database_url, request):
     """A superuser pool for assertions and arranging state the API cannot reach."""
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
     from app.db.engine import init_connection
 
+    if POOLER:  # through the pooler as well: no statement may outlive its transaction
+        url = request.getfixturevalue("pgbouncer").url(database_url)
+        pool = await asyncpg.create_pool(url, min_size=1, max_size=4, init=init_connection,
+                                         statement_cache_size=0)
+        yield pool
+        await pool.close()
+        return
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
     async with pool.acquire() as c:
         await init_connection(c)
     await pool.close()
@@ -89,10 +122,16 @@ async def db(database_url):
 class Client:
     """An API client acting as one user, over real HTTP."""
 
-    def __init__(self, base: str, keys: Keys, user_id: str | None = None, alg: str = "HS256"):
+    def __init__(self, base: str, keys: Keys, user_id: str | None = None, alg: str = "HS256",
+                 keepalive: bool | None = None):
         self.user_id = user_id or support.new_user()
         self.token = keys.token(self.user_id, alg)
-        self.http = httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {self.token}"}, timeout=30)
+        # Through the pooler every request opens a new connection, so the proxy spreads one user's
+        # requests over both API replicas (a write on one, the next read on the other).
+        keepalive = not POOLER if keepalive is None else keepalive
+        limits = httpx.Limits() if keepalive else httpx.Limits(max_keepalive_connections=0)
+        self.http = httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {self.token}"}, timeout=30,
+                                      limits=limits)
 
     async def post(self, path, json=None, **kw):
         return await self.http.post(path, json=json, **kw)

@@ -29,6 +29,11 @@ class EventHub:
         return self._listener.connected
 
     @property
+    def listens(self) -> bool:
+        """False when there is nowhere to LISTEN (transaction pooling without MESHHOOK_LISTEN_URL)."""
+        return self._listener.dsn is not None
+
+    @property
     def wait_s(self) -> float:
         """How long a stream waits for a wake-up before it re-reads the table anyway."""
         return LISTENING_RECHECK_S if self._listener.connected.is_set() else self.poll_s
