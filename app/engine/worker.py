@@ -23,6 +23,7 @@ from app.engine.driver import RunDriver
 from app.engine.repository import EngineRepository
 from app.errors import DatabaseUnavailable
 from app.observability.metrics import RUNS_CLAIMED
+from app.retention.service import Pruner
 from app.secrets.crypto import Cipher
 from app.settings import Settings
 from app.workflows.service import DagCache
@@ -59,6 +60,7 @@ class Worker:
         self._tasks = [asyncio.create_task(self._claim_loop(), name="claim"),
                        asyncio.create_task(self._poll_loop(), name="poll"),
                        asyncio.create_task(self._heartbeat_loop(), name="heartbeat")]
+        self._tasks.append(asyncio.create_task(Pruner(self.db, self.settings).run(), name="retention"))
         if self.notify:
             self._tasks.append(asyncio.create_task(self._listen_loop(), name="listen"))
         self._wake.set()
