@@ -29,6 +29,7 @@ NUMERIC_KEYS = (
     "resume_p50_ms", "resume_p99_ms", "resumes_per_s", "resume_c1_p50_ms", "resume_c1_p99_ms",
     "resume_1000_steps_p99_ms", "pickup_p50_ms", "pickup_p99_ms", "pickup_poll_only_p99_ms",
     "worker_steps_per_s_1", "worker_steps_per_s_2", "floor_resume_p99_ms", "floor_resumes_per_s",
+    "resume_pooler_p50_ms",
 )
 
 
@@ -196,6 +197,7 @@ class Bench:
             "pickup": await self.seed.failed_parents(10, s.pickup + 2, fa[10]),
             "poll": await self.seed.failed_parents(10, s.poll + 1, fa[10]),
         }
+        self.parents["pooler"] = await self.seed.failed_parents(10, s.c1_warm + s.c1, fa[10])
         for n, count in s.scale.items():
             self.parents[f"scale{n}"] = await self.seed.failed_parents(n, s.scale_warm + count, fa[n])
         await self.conn.execute("analyze")
@@ -302,6 +304,26 @@ class Bench:
                  f"{out['pg_cpu_ms']:.2f}ms ({m.pg_backends} backends), client {out['client_cpu_ms']:.2f}ms; "
                  f"machine busy {m.machine_busy:.0%}")
         return out
+
+    async def pooler_phase(self, parents: list[uuid.UUID], warm: int, from_step: str) -> dict:
+        """One client through a second API process whose pool goes through a real PgBouncer in
+        transaction mode (MESHHOOK_DB_POOLER=transaction: no prepared statement outlives its transaction)."""
+        from tests.pgbouncer import PgBouncer
+
+        bouncer = await asyncio.to_thread(PgBouncer(self.admin, pool_size=20).start)
+        direct_api, direct_port = self.api, self.port
+        try:
+            e = env.service_env(bouncer.url(self.url), **{**self.extra_env, "MESHHOOK_DB_POOLER": "transaction",
+                                                          "MESHHOOK_LISTEN_URL": self.url})
+            self.api, self.port = await asyncio.to_thread(env.start_api, e, self.dir / "api-pooler.log")
+            self.procs.append(self.api)
+            out = await self.resume_phase("HTTP through PgBouncer (transaction mode), 1 client", parents, warm, 1,
+                                          from_step)
+            out["errors"] = self._stop(self.api)
+            return out
+        finally:
+            self.api, self.port = direct_api, direct_port
+            await asyncio.to_thread(bouncer.stop)
 
     # ---- the floor ---------------------------------------------------------------------
     async def record_floor(self) -> RecordedResume:
@@ -482,6 +504,8 @@ class Bench:
         for n in s.scale:
             scale[n] = await self.resume_phase(f"HTTP, {n} steps, 1 client", P[f"scale{n}"], s.scale_warm, 1, fs(n))
 
+        pooled = await self.pooler_phase(P["pooler"], s.c1_warm, fs(10))
+
         await self._cancel_queued()
         self.log("pickup (resume → worker claim):")
         ws = await self._workers(1, notify=True)
@@ -506,6 +530,9 @@ class Bench:
             "resume_1000_steps_p50_ms": r(scale[1000]["p50_ms"]),
             "resume_100_steps_p99_ms": r(scale[100]["p99_ms"]), "resume_100_steps_p50_ms": r(scale[100]["p50_ms"]),
             "resume_10_steps_p99_ms": r(scale[10]["p99_ms"]), "resume_10_steps_p50_ms": r(scale[10]["p50_ms"]),
+            "resume_pooler_p50_ms": r(pooled["p50_ms"]), "resume_pooler_p99_ms": r(pooled["p99_ms"]),
+            "resume_pooler_pg_cpu_ms_per_resume": r(pooled["pg_cpu_ms"], 3),
+            "resume_pooler_api_cpu_ms_per_resume": r(pooled["api_cpu_ms"], 3),
             "pickup_p50_ms": r(pick["p50_ms"]), "pickup_p99_ms": r(pick["p99_ms"]),
             "pickup_from_created_p99_ms": r(pick["created_p99_ms"]),
             "pickup_from_response_p50_ms": r(pick["resp_p50_ms"]), "pickup_from_response_p99_ms": r(pick["resp_p99_ms"]),
@@ -533,7 +560,7 @@ class Bench:
                         "floor": f32["n"]},
             "concurrency": s.concurrency,
             "service_env": self.extra_env,
-            "errors_logged": {"api": api_errors, "pickup_workers": errors, "workers_1": t1["errors"],
+            "errors_logged": {"api": api_errors, "api_pooler": pooled["errors"], "pickup_workers": errors, "workers_1": t1["errors"],
                               "workers_2": t2["errors"]},
         })
         return res
