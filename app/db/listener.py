@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import asyncpg
 
@@ -101,7 +101,7 @@ class Listener:
                 conn = await asyncpg.connect(self.dsn, timeout=self.connect_timeout_s, statement_cache_size=0,
                                              server_settings={"application_name": self.application_name})
                 lost = asyncio.Event()
-                conn.add_termination_listener(lambda _c: lost.set())
+                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 for channel, handler in self.handlers.items():
                     await conn.add_listener(channel, self._dispatch(handler))
                 await conn.add_listener(self._probe_channel, self._on_probe)
@@ -156,7 +156,7 @@ class Listener:
         try:
             await asyncio.wait_for(self._probe_seen.wait(), self.probe_timeout_s)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             if conn.is_closed():
                 return False
             self.deaf = True

@@ -9,7 +9,7 @@ import asyncio
 import logging
 import random
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from app.db.engine import Database
 from app.observability.metrics import PRUNED_ROWS
@@ -48,7 +48,7 @@ class Pruner:
 
     async def prune_once(self, now: datetime | None = None) -> dict[str, int]:
         """One pass: batches until nothing old is left. Returns the rows deleted per table."""
-        now = now or datetime.now(timezone.utc)
+        now = now or datetime.now(UTC)
         total = {"trees": 0, "runs": 0, "steps": 0, "events": 0, "audit": 0}
         started = time.monotonic()
         batch = self.settings.retention_batch

@@ -18,7 +18,7 @@ from tests.support import ROOT
 
 def deploy_block() -> str:
     text = (ROOT / "docs" / "operations.md").read_text()
-    m = re.search(r"<!-- pooler-deploy[^>]*-->\s*```sh\n(.*?)```", text, re.S)
+    m = re.search(r"<!-- pooler-deploy[^>]*-->\s*```sh\n(.*?)```", text, re.DOTALL)
     assert m, "docs/operations.md lost its pooler-deploy block"
     return m.group(1)
 

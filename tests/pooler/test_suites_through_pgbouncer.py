@@ -19,7 +19,7 @@ def test_resume_rls_and_engine_tests_pass_through_pgbouncer(tmp_path: Path):
     # test_worker_faults drives in-process workers on a database of its own, not the pooled service
     done = subprocess.run([sys.executable, "-m", "pytest", *SUITES, "-q", "-p", "no:cacheprovider",
                            "--ignore=tests/engine/test_worker_faults.py", f"--basetemp={inner}"],
-                          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=2400)
+                          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=2400, check=False)
     tail = done.stdout[-6000:]
     assert done.returncode == 0, tail
     assert " passed" in tail and " failed" not in tail and " error" not in tail, tail

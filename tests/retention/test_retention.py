@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
@@ -15,7 +15,6 @@ from app.retention.service import Pruner
 from app.settings import Settings
 from tests import support
 from tests.conftest import linear
-
 
 
 async def failed_then_resumed(owner, world, *, finish_child: bool = True) -> tuple[str, str, str]:
@@ -97,7 +96,7 @@ async def insert_audit(db, at: datetime, reason: str) -> int:
 
 
 async def test_audit_rows_are_pruned_only_by_their_own_setting_and_only_by_the_pruner(db, pruner_db):
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     tag = uuid.uuid4().hex
     old = await insert_audit(db, now - timedelta(days=400), tag)
     recent = await insert_audit(db, now - timedelta(days=10), tag)
