@@ -22,7 +22,10 @@ def _settings():
 
 def _database_url(settings) -> tuple[str, bool]:
     if settings.database_url:
-        return settings.database_url, False
+        from app.db.engine import with_pooler
+
+        # The URL carries the pooler mode (pgbouncer=true) to every pool built from it.
+        return with_pooler(settings.database_url, settings.db_pooler), False
     from app.db.embedded import data_dir, start_embedded
 
     try:

@@ -15,7 +15,8 @@ from app.api import Problem, bearer_scheme, canonical_path_ids, errors_for
 from app.apidocs import install_docs
 from app.contract import finish as finish_contract
 from app.auth.jwt import TokenVerifier
-from app.db.engine import Database
+from app.db.engine import Database, with_pooler
+from app.db.listener import listen_dsn
 from app.errors import DatabaseUnavailable, Unauthorized, install_error_handlers
 from app.middleware import RequestContextMiddleware
 from app.secrets.crypto import Cipher
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
             from app.db.embedded import resolve_database_url
 
             url = resolve_database_url()
+        url = with_pooler(url, settings.db_pooler)
         app.state.db = Database(url, pool_size=settings.db_pool_size, application_name="meshhook-api",
                                 connect_timeout_s=settings.db_connect_timeout_s,
                                 pool_timeout_s=settings.db_pool_timeout_s,
@@ -66,7 +68,10 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
 
             key = local_secret_key()
         app.state.cipher = Cipher(key)
-        app.state.hub = EventHub(app.state.db.dsn)
+        app.state.hub = EventHub(listen_dsn(settings.listen_url, url), poll_s=settings.poll_interval_s)
+        app.state.hub.start()  # at start, so a process with nowhere to LISTEN says it polls right away
+        log.info("database pool ready", extra={"pooler": app.state.db.pooler, "pool_size": settings.db_pool_size,
+                                               "notifications": "listen" if app.state.hub.listens else "polling"})
         worker = None
         if run_worker:
             from app.engine.worker import Worker

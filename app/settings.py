@@ -52,6 +52,21 @@ class Settings(BaseSettings):
     # /metrics requires when set.
     egress_allow: str = ""
     metrics_token: str | None = None
+    # `transaction`: DATABASE_URL is a transaction-mode pooler (Supavisor, PgBouncer): no statement
+    # outlives its transaction. Unset: `transaction` when the URL says `pgbouncer=true`, else `session`.
+    db_pooler: Literal["session", "transaction"] | None = None
+    # LISTEN needs a connection of its own for hours: a direct or session-mode URL. Without it under
+    # transaction pooling the worker and the event streams poll (and say so at start).
+    listen_url: str | None = None
+    retention_days: float | None = Field(default=None, ge=1)  # unset: keep runs forever
+    audit_retention_days: float | None = Field(default=None, ge=1)  # unset: keep audit rows forever
+    retention_batch: int = Field(default=500, ge=1, le=10_000)  # root runs (whole lineage trees) per batch
+    retention_interval_s: float = Field(default=300.0, gt=0)  # between pruning passes
+
+    @field_validator("db_pooler", "retention_days", "audit_retention_days", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, v):
+        return None if isinstance(v, str) and v.strip() == "" else v
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -86,7 +101,7 @@ class Settings(BaseSettings):
     def _check_metrics_token(cls, v):
         return v or None
 
-    @field_validator("database_url")
+    @field_validator("database_url", "listen_url")
     @classmethod
     def _check_db(cls, v):
         if v is None or v == "":

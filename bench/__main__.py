@@ -21,6 +21,7 @@ ROWS = [
     ("resume_p50_ms", "resume, 32 clients, p50 (ms)", "", "floor_resume_p50_ms"),
     ("resume_p99_ms", "resume, 32 clients, p99 (ms)", "", "floor_resume_p99_ms"),
     ("resumes_per_s", "resumes/s, 32 clients", "≥ 500", "floor_resumes_per_s"),
+    ("resume_pooler_p50_ms", "resume through PgBouncer (transaction mode), 1 client, p50 (ms)", "", None),
     ("resume_10_steps_p99_ms", "resume 10 steps, 1 client, p99 (ms)", "", None),
     ("resume_100_steps_p99_ms", "resume 100 steps, 1 client, p99 (ms)", "", None),
     ("resume_1000_steps_p99_ms", "resume 1,000 steps, 1 client, p99 (ms)", "≤ 100", None),

@@ -29,6 +29,7 @@ NUMERIC_KEYS = (
     "resume_p50_ms", "resume_p99_ms", "resumes_per_s", "resume_c1_p50_ms", "resume_c1_p99_ms",
     "resume_1000_steps_p99_ms", "pickup_p50_ms", "pickup_p99_ms", "pickup_poll_only_p99_ms",
     "worker_steps_per_s_1", "worker_steps_per_s_2", "floor_resume_p99_ms", "floor_resumes_per_s",
+    "resume_pooler_p50_ms",
 )
 
 
@@ -196,6 +197,7 @@ class Bench:
             "pickup": await self.seed.failed_parents(10, s.pickup + 2, fa[10]),
             "poll": await self.seed.failed_parents(10, s.poll + 1, fa[10]),
         }
+        self.parents["pooler"] = await self.seed.failed_parents(10, 2 * (s.c1_warm + s.c1), fa[10])
         for n, count in s.scale.items():
             self.parents[f"scale{n}"] = await self.seed.failed_parents(n, s.scale_warm + count, fa[n])
         await self.conn.execute("analyze")
@@ -302,6 +304,42 @@ class Bench:
                  f"{out['pg_cpu_ms']:.2f}ms ({m.pg_backends} backends), client {out['client_cpu_ms']:.2f}ms; "
                  f"machine busy {m.machine_busy:.0%}")
         return out
+
+    async def pooler_phase(self, parents: list[uuid.UUID], warm: int, from_step: str) -> dict:
+        """One client, alternating between the direct API and a second API process whose pool goes
+        through a real PgBouncer in transaction mode (MESHHOOK_DB_POOLER=transaction: no prepared
+        statement outlives its transaction), so both see the same machine at the same moments."""
+        from tests.pgbouncer import PgBouncer
+
+        bouncer = await asyncio.to_thread(PgBouncer(self.admin, pool_size=20).start)
+        direct_port = self.port
+        pooled_api = None
+        try:
+            e = env.service_env(bouncer.url(self.url), **{**self.extra_env, "MESHHOOK_DB_POOLER": "transaction",
+                                                          "MESHHOOK_LISTEN_URL": self.url})
+            pooled_api, pooled_port = await asyncio.to_thread(env.start_api, e, self.dir / "api-pooler.log")
+            self.procs.append(pooled_api)
+            lat: dict[int, list[float]] = {direct_port: [], pooled_port: []}
+            for i in range(0, len(parents) - 1, 2):
+                for port, pid in ((direct_port, parents[i]), (pooled_port, parents[i + 1])):
+                    self.port = port
+                    got, errs, sample = await self._http_resumes([pid], 1, from_step)
+                    if errs:
+                        raise RuntimeError(f"pooler phase: a resume was not accepted: {sample}")
+                    if i >= 2 * warm:
+                        lat[port] += got
+            out = {"p50_ms": pct(lat[pooled_port], 50) * 1e3, "p99_ms": pct(lat[pooled_port], 99) * 1e3,
+                   "direct_p50_ms": pct(lat[direct_port], 50) * 1e3, "n": len(lat[pooled_port])}
+            self.log(f"  HTTP through PgBouncer (transaction mode), 1 client, alternating with the direct API: "
+                     f"n={out['n']} p50={out['p50_ms']:.2f}ms p99={out['p99_ms']:.2f}ms "
+                     f"(direct meanwhile: p50={out['direct_p50_ms']:.2f}ms)")
+            out["errors"] = self._stop(pooled_api)
+            return out
+        finally:
+            self.port = direct_port
+            if pooled_api is not None and pooled_api in self.procs:
+                self._stop(pooled_api)
+            await asyncio.to_thread(bouncer.stop)
 
     # ---- the floor ---------------------------------------------------------------------
     async def record_floor(self) -> RecordedResume:
@@ -482,6 +520,8 @@ class Bench:
         for n in s.scale:
             scale[n] = await self.resume_phase(f"HTTP, {n} steps, 1 client", P[f"scale{n}"], s.scale_warm, 1, fs(n))
 
+        pooled = await self.pooler_phase(P["pooler"], s.c1_warm, fs(10))
+
         await self._cancel_queued()
         self.log("pickup (resume → worker claim):")
         ws = await self._workers(1, notify=True)
@@ -506,6 +546,9 @@ class Bench:
             "resume_1000_steps_p50_ms": r(scale[1000]["p50_ms"]),
             "resume_100_steps_p99_ms": r(scale[100]["p99_ms"]), "resume_100_steps_p50_ms": r(scale[100]["p50_ms"]),
             "resume_10_steps_p99_ms": r(scale[10]["p99_ms"]), "resume_10_steps_p50_ms": r(scale[10]["p50_ms"]),
+            "resume_pooler_p50_ms": r(pooled["p50_ms"]), "resume_pooler_p99_ms": r(pooled["p99_ms"]),
+            "resume_pooler_direct_p50_ms": r(pooled["direct_p50_ms"]),
+            "ratio_resume_pooler_to_direct_p50": r(pooled["p50_ms"] / pooled["direct_p50_ms"]),
             "pickup_p50_ms": r(pick["p50_ms"]), "pickup_p99_ms": r(pick["p99_ms"]),
             "pickup_from_created_p99_ms": r(pick["created_p99_ms"]),
             "pickup_from_response_p50_ms": r(pick["resp_p50_ms"]), "pickup_from_response_p99_ms": r(pick["resp_p99_ms"]),
@@ -533,7 +576,7 @@ class Bench:
                         "floor": f32["n"]},
             "concurrency": s.concurrency,
             "service_env": self.extra_env,
-            "errors_logged": {"api": api_errors, "pickup_workers": errors, "workers_1": t1["errors"],
+            "errors_logged": {"api": api_errors, "api_pooler": pooled["errors"], "pickup_workers": errors, "workers_1": t1["errors"],
                               "workers_2": t2["errors"]},
         })
         return res

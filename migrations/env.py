@@ -6,7 +6,7 @@ import asyncio
 from alembic import context
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from app.db.engine import sqlalchemy_url
+from app.db.engine import driver_connect_args, sqlalchemy_url
 
 config = context.config
 
@@ -27,7 +27,9 @@ def _run(connection) -> None:
 
 
 async def _main() -> None:
-    engine = create_async_engine(_url(), connect_args={"server_settings": {"application_name": "meshhook-migrate"}})
+    url = config.attributes.get("database_url") or ""
+    engine = create_async_engine(_url(), connect_args={"server_settings": {"application_name": "meshhook-migrate"},
+                                                       **driver_connect_args(url)})
     async with engine.connect() as conn:
         await conn.run_sync(_run)
         await conn.commit()

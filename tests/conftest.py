@@ -47,6 +47,21 @@ def _header_line() -> str:
     return f"meshhook: throwaway databases on {where}; {node}"
 
 
+# MESHHOOK_TEST_POOLER=transaction runs the suite through a real PgBouncer in transaction mode: the
+# service is 2 API processes and 2 workers on one pooler (behind a round-robin proxy), the superuser
+# pool of the tests goes through it too, and LISTEN goes straight to the server (MESHHOOK_LISTEN_URL).
+POOLER = os.environ.get("MESHHOOK_TEST_POOLER", "")
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(admin_url):
+    from tests.pgbouncer import PgBouncer
+
+    bouncer = PgBouncer(admin_url).start()
+    yield bouncer
+    bouncer.stop()
+
+
 @pytest.fixture(scope="session")
 def admin_url() -> str:
     return support.admin_url()
@@ -89,25 +104,43 @@ def logs_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def service_env(database_url, jwks_server, world):
+def service_env(database_url, jwks_server, world, request):
     # Tenant calls reach public addresses only (DESIGN §9.1); the tests' upstream is on loopback,
     # so the service opens exactly its port.
-    return support.service_env(database_url, jwks_server.url, MESHHOOK_EGRESS_ALLOW=support.egress_allow(world))
+    allow = support.egress_allow(world)
+    if POOLER:
+        bouncer = request.getfixturevalue("pgbouncer")
+        return support.service_env(bouncer.url(database_url), jwks_server.url, MESHHOOK_DB_POOLER=POOLER,
+                                   MESHHOOK_LISTEN_URL=database_url, MESHHOOK_EGRESS_ALLOW=allow)
+    return support.service_env(database_url, jwks_server.url, MESHHOOK_EGRESS_ALLOW=allow)
 
 
 @pytest.fixture(scope="session")
 def service(service_env, logs_dir):
+    if POOLER:
+        replicas = support.Replicas(service_env, logs_dir / "api.log", apis=2, workers=2)
+        yield type("Service", (), {"url": replicas.url, "proc": replicas.apis[0][0], "log": logs_dir / "api.log",
+                                   "replicas": replicas})
+        replicas.close()
+        return
     proc, base = support.start_api(service_env, logs_dir / "api.log")
     yield type("Service", (), {"url": base, "proc": proc, "log": logs_dir / "api.log"})
     proc.terminate()
 
 
 @pytest.fixture(scope="session")
-async def db(database_url):
+async def db(database_url, request):
     """A superuser pool for assertions and arranging state the API cannot reach."""
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
     from app.db.engine import init_connection
 
+    if POOLER:  # through the pooler as well: no statement may outlive its transaction
+        url = request.getfixturevalue("pgbouncer").url(database_url)
+        pool = await asyncpg.create_pool(url, min_size=1, max_size=4, init=init_connection,
+                                         statement_cache_size=0)
+        yield pool
+        await pool.close()
+        return
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
     async with pool.acquire() as c:
         await init_connection(c)
     await pool.close()
@@ -119,10 +152,16 @@ async def db(database_url):
 class Client:
     """An API client acting as one user, over real HTTP."""
 
-    def __init__(self, base: str, keys: Keys, user_id: str | None = None, alg: str = "HS256"):
+    def __init__(self, base: str, keys: Keys, user_id: str | None = None, alg: str = "HS256",
+                 keepalive: bool | None = None):
         self.user_id = user_id or support.new_user()
         self.token = keys.token(self.user_id, alg)
-        self.http = httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {self.token}"}, timeout=30)
+        # Through the pooler every request opens a new connection, so the proxy spreads one user's
+        # requests over both API replicas (a write on one, the next read on the other).
+        keepalive = not POOLER if keepalive is None else keepalive
+        limits = httpx.Limits() if keepalive else httpx.Limits(max_keepalive_connections=0)
+        self.http = httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {self.token}"}, timeout=30,
+                                      limits=limits)
 
     async def post(self, path, json=None, **kw):
         return await self.http.post(path, json=json, **kw)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import socket
@@ -341,3 +342,88 @@ async def wait_for(predicate, timeout: float = 15, interval: float = 0.05, what:
 
 def new_user() -> str:
     return str(uuid.uuid4())
+
+
+# ---------------------------------------------------------------- replicas behind one address
+class RoundRobinProxy:
+    """A TCP proxy on loopback handing each new connection to the next of several API replicas,
+    as a load balancer in front of them would."""
+
+    def __init__(self, backends: list[str]):
+        from urllib.parse import urlsplit
+
+        self.backends = [(urlsplit(b).hostname, urlsplit(b).port) for b in backends]
+        self.served = [0] * len(self.backends)
+        self._next = 0
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+        self.server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._handle, "127.0.0.1", 0), self.loop).result(10)
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        i = self._next % len(self.backends)
+        self._next += 1
+        self.served[i] += 1
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.backends[i])
+        except OSError:
+            writer.close()
+            return
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (OSError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                with contextlib.suppress(Exception):
+                    dst.close()
+
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+
+    def close(self) -> None:
+        async def _close():
+            self.server.close()
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(_close(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+class Replicas:
+    """`apis` API processes (no in-process worker) and `workers` worker processes on one database URL,
+    the APIs behind a RoundRobinProxy. Every process appends to the same log file."""
+
+    def __init__(self, env: dict, log_path: Path, *, apis: int = 2, workers: int = 2):
+        self.log = log_path
+        self.apis: list[tuple[Proc, str]] = []
+        self.workers: list[Proc] = []
+        try:
+            for _ in range(apis):
+                self.apis.append(start_api(env, log_path, worker=False))
+            for i in range(workers):
+                self.workers.append(start_worker(env, log_path, f"replica-w{i}"))
+            deadline = time.time() + 60
+            for i, w in enumerate(self.workers):  # started = listening and claiming
+                while f":replica-w{i}:" not in "".join(ln for ln in w.text().splitlines() if "worker started" in ln):
+                    if w.p.poll() is not None or time.time() > deadline:
+                        raise RuntimeError(f"worker replica-w{i} did not start: {w.text()[-3000:]}")
+                    time.sleep(0.1)
+        except BaseException:
+            self.close()
+            raise
+        self.proxy = RoundRobinProxy([base for _, base in self.apis])
+        self.url = self.proxy.url
+
+    @property
+    def api_urls(self) -> list[str]:
+        return [base for _, base in self.apis]
+
+    def close(self) -> None:
+        for p in [*self.workers, *(p for p, _ in self.apis)]:
+            p.terminate()
+        if hasattr(self, "proxy"):
+            self.proxy.close()

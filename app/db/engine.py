@@ -44,7 +44,66 @@ _UNAVAILABLE = (
 _STALE = (*_UNAVAILABLE, asyncpg.exceptions.InternalClientError)
 
 
+POOLER_FLAG = "pgbouncer"
+
+
+def _split_query(url: str) -> tuple[str, list[tuple[str, str]]]:
+    from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", parts.fragment)), parse_qsl(parts.query, keep_blank_values=True)
+
+
+def _with_query(base: str, query: list[tuple[str, str]]) -> str:
+    from urllib.parse import urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(base)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), parts.fragment))
+
+
+def split_pooler_flag(url: str) -> tuple[str, bool]:
+    """The URL without `pgbouncer=true` (the convention Prisma and others use for a transaction-mode
+    pooler; asyncpg would send it to the server as a setting), and whether it was there."""
+    base, query = _split_query(url)
+    flag = any(k == POOLER_FLAG and v.lower() in ("true", "1", "yes") for k, v in query)
+    if not any(k == POOLER_FLAG for k, _ in query):
+        return url, False
+    return _with_query(base, [(k, v) for k, v in query if k != POOLER_FLAG]), flag
+
+
+def pooler_mode(url: str, setting: str | None) -> str:
+    """`transaction` or `session`: MESHHOOK_DB_POOLER when set, else `pgbouncer=true` in the URL."""
+    if setting:
+        return setting
+    return "transaction" if split_pooler_flag(url)[1] else "session"
+
+
+def with_pooler(url: str, setting: str | None) -> str:
+    """The URL carrying the pooler mode (`pgbouncer=true` for transaction mode), so every pool built from
+    it (the API's, each worker's, the migration's) behaves the same without passing settings around."""
+    mode = pooler_mode(url, setting)
+    base, _ = split_pooler_flag(url)
+    if mode != "transaction":
+        return base
+    stripped, query = _split_query(base)
+    return _with_query(stripped, [*query, (POOLER_FLAG, "true")])
+
+
+def driver_connect_args(url: str) -> dict[str, Any]:
+    """asyncpg / SQLAlchemy arguments for `url`. Behind a transaction-mode pooler consecutive transactions
+    of one client connection run on different server connections, so nothing may outlive a transaction:
+    asyncpg's statement cache is off (its statements are then unnamed, parsed and run in one protocol
+    exchange that the pooler keeps on one server), and so is the SQLAlchemy dialect's, whose statements
+    are unnamed too. Measured through PgBouncer 1.18: the default cache fails about every second statement
+    with `prepared statement "__asyncpg_stmt_N__" does not exist` once four clients share two servers."""
+    if not split_pooler_flag(url)[1]:
+        return {}
+    return {"statement_cache_size": 0, "prepared_statement_cache_size": 0,
+            "prepared_statement_name_func": lambda: ""}
+
+
 def sqlalchemy_url(url: str) -> str:
+    url = split_pooler_flag(url)[0]
     for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
         if url.startswith(prefix):
             return "postgresql+asyncpg://" + url[len(prefix):]
@@ -52,6 +111,7 @@ def sqlalchemy_url(url: str) -> str:
 
 
 def asyncpg_dsn(url: str) -> str:
+    url = split_pooler_flag(url)[0]
     for prefix in ("postgresql+asyncpg://", "postgres://"):
         if url.startswith(prefix):
             return "postgresql://" + url[len(prefix):]
@@ -113,6 +173,7 @@ class Database:
                  connect_timeout_s: float = 2.0, command_timeout_s: float = 15.0, pool_timeout_s: float = 10.0):
         self.url = url
         self.dsn = asyncpg_dsn(url)
+        self.pooler = "transaction" if split_pooler_flag(url)[1] else "session"
         self.application_name = application_name
         self.connect_timeout_s = connect_timeout_s
         # Waiting for a free pooled connection is queueing under load, not a sign of a lost database:
@@ -131,6 +192,7 @@ class Database:
                 "server_settings": {"application_name": application_name},
                 "timeout": connect_timeout_s,
                 "command_timeout": command_timeout_s,
+                **driver_connect_args(url),
             },
         )
 

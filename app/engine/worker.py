@@ -20,10 +20,12 @@ import httpx
 
 from app.db.engine import Database, is_db_unavailable
 from app.egress.transport import egress_client
+from app.db.listener import Listener, listen_dsn
 from app.engine.driver import RunDriver
 from app.engine.repository import EngineRepository
 from app.errors import DatabaseUnavailable
 from app.observability.metrics import RUNS_CLAIMED
+from app.retention.service import Pruner
 from app.secrets.crypto import Cipher
 from app.secrets.redaction import Redactor
 from app.settings import Settings
@@ -61,6 +63,7 @@ class Worker:
         self._tasks = [asyncio.create_task(self._claim_loop(), name="claim"),
                        asyncio.create_task(self._poll_loop(), name="poll"),
                        asyncio.create_task(self._heartbeat_loop(), name="heartbeat")]
+        self._tasks.append(asyncio.create_task(Pruner(self.db, self.settings).run(), name="retention"))
         if self.notify:
             self._tasks.append(asyncio.create_task(self._listen_loop(), name="listen"))
         self._wake.set()
@@ -106,39 +109,14 @@ class Worker:
 
     # ---- loops -------------------------------------------------------------------------
     async def _listen_loop(self) -> None:
-        backoff = 0.1
-        while not self._stopping:
-            conn = None
-            try:
-                conn = await asyncpg.connect(self.db.dsn, timeout=self.settings.db_connect_timeout_s,
-                                             server_settings={"application_name": "meshhook-listener"})
-                lost = asyncio.Event()
-                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
-                await conn.add_listener(CHANNEL, lambda *_: self._wake.set())
-                self.listener_connects += 1
-                self.listening.set()
-                backoff = 0.1
-                self._wake.set()  # reconcile from the table after every (re)connect
-                while not lost.is_set():
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(lost.wait(), 2.0)
-                    if not lost.is_set():
-                        try:
-                            await asyncio.wait_for(conn.execute("select 1"), 2.0)
-                        except Exception:  # noqa: BLE001 - treat any failure as a lost connection
-                            lost.set()
-                log.warning("listener connection lost; reconnecting", extra={"worker": self.id})
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - reconnect with backoff
-                log.warning("listener cannot connect", extra={"worker": self.id, "error": type(exc).__name__})
-            finally:
-                self.listening.clear()
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        await conn.close(timeout=1)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 1.0)  # polling covers the gap; come back soon
+        def connected() -> None:
+            self.listener_connects += 1
+            self.listening.set()
+            self._wake.set()  # reconcile from the table after every (re)connect
+
+        await Listener(listen_dsn(self.settings.listen_url, self.db.url), {CHANNEL: lambda _run_id: self._wake.set()},
+                       application_name="meshhook-listener", on_connect=connected, on_disconnect=self.listening.clear,
+                       poll_s=self.settings.poll_interval_s, connect_timeout_s=self.settings.db_connect_timeout_s).run()
 
     async def _poll_loop(self) -> None:
         while not self._stopping:

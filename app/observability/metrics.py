@@ -14,3 +14,4 @@ RUNS_FINISHED = Counter("meshhook_runs_finished_total", "Runs that reached a fin
 STEPS_FINISHED = Counter("meshhook_steps_finished_total", "Steps that reached a final status", ["type", "status"])
 STEP_SECONDS = Histogram("meshhook_step_seconds", "Step execution time", ["type"],
                          buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30))
+PRUNED_ROWS = Counter("meshhook_pruned_rows_total", "Rows deleted by retention", ["table"])

@@ -149,7 +149,7 @@ async def events(run_id: RunId, request: Request, user: CurrentUser, db: DbDep,
                     return  # the token expired: the client reconnects with a fresh one and Last-Event-ID
                 if len(batch) < 1000:
                     with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(wake.wait(), 5)
+                        await asyncio.wait_for(wake.wait(), hub.wait_s)
                     wake.clear()
                 async with db.user_scope(user.claims) as tx:
                     batch = (await service.list_events(tx, run_id, after, 1000))["items"]

@@ -2,32 +2,47 @@
 
 A stream re-reads the table after each wake-up (the table is the truth, the notification
 only says "look again"), so hundreds of open streams hold one listening connection and
-borrow a pooled connection only for the moment of a read.
+borrow a pooled connection only for the moment of a read. While nothing listens (no
+MESHHOOK_LISTEN_URL under transaction pooling, or the listener is reconnecting) streams
+re-read every poll interval instead.
 """
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 import uuid
 
-import asyncpg
+from app.db.listener import Listener
 
-log = logging.getLogger("meshhook.stream")
 CHANNEL = "meshhook_events"
+LISTENING_RECHECK_S = 5.0  # a safety re-read even while notifications arrive
 
 
 class EventHub:
-    def __init__(self, dsn: str):
-        self.dsn = dsn
+    def __init__(self, dsn: str | None, poll_s: float = 1.0):
+        self.poll_s = poll_s
         self._subs: dict[str, set[asyncio.Event]] = {}
-        self._task: asyncio.Task | None = None
-        self._closing = False
-        self.connected = asyncio.Event()
+        self._listener = Listener(dsn, {CHANNEL: self._on_notify}, application_name="meshhook-stream",
+                                  on_connect=self._wake_all, poll_s=poll_s)
+
+    @property
+    def connected(self) -> asyncio.Event:
+        return self._listener.connected
+
+    @property
+    def listens(self) -> bool:
+        """False when there is nowhere to LISTEN (transaction pooling without MESHHOOK_LISTEN_URL)."""
+        return self._listener.dsn is not None
+
+    @property
+    def wait_s(self) -> float:
+        """How long a stream waits for a wake-up before it re-reads the table anyway."""
+        return LISTENING_RECHECK_S if self._listener.connected.is_set() else self.poll_s
+
+    def start(self) -> None:
+        self._listener.start()
 
     def subscribe(self, run_id: uuid.UUID) -> asyncio.Event:
-        if self._task is None:
-            self._task = asyncio.create_task(self._listen())
+        self._listener.start()
         ev = asyncio.Event()
         self._subs.setdefault(str(run_id), set()).add(ev)
         return ev
@@ -39,8 +54,8 @@ class EventHub:
             if not subs:
                 self._subs.pop(str(run_id), None)
 
-    def _on_notify(self, _conn, _pid, _channel, payload: str) -> None:
-        for ev in self._subs.get(payload, ()):
+    def _on_notify(self, run_id: str) -> None:
+        for ev in self._subs.get(run_id, ()):
             ev.set()
 
     def _wake_all(self) -> None:
@@ -48,43 +63,5 @@ class EventHub:
             for ev in subs:
                 ev.set()
 
-    async def _listen(self) -> None:
-        backoff = 0.1
-        while not self._closing:
-            conn = None
-            try:
-                conn = await asyncpg.connect(self.dsn, timeout=3, server_settings={"application_name": "meshhook-stream"})
-                lost = asyncio.Event()
-                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
-                await conn.add_listener(CHANNEL, self._on_notify)
-                self.connected.set()
-                backoff = 0.1
-                self._wake_all()  # reconcile: anything committed while we were away is re-read
-                while not lost.is_set():
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(lost.wait(), 5)
-                    if not lost.is_set():
-                        try:
-                            await conn.execute("select 1")
-                        except Exception:  # noqa: BLE001 - the connection is gone either way
-                            lost.set()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - reconnect with backoff
-                log.warning("event listener lost its connection", extra={"error": type(exc).__name__})
-            finally:
-                self.connected.clear()
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        await conn.close(timeout=1)
-            if self._closing:
-                break
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 1.0)  # polling covers the gap; come back soon
-
     async def close(self) -> None:
-        self._closing = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
+        await self._listener.close()

@@ -1,0 +1,1 @@
+"""Retention: the worker prunes finished runs (whole lineage trees) and audit rows past their age."""
