@@ -38,7 +38,8 @@ OPENAPI_TAGS = [
     {"name": "resume", "description": "Resume a failed, paused or cancelled run from a chosen step, or preview it."},
     {"name": "hooks", "description": "Signed webhook deliveries that start runs (no bearer token)."},
     {"name": "audit", "description": "The append-only audit log of a project (owners only)."},
-    {"name": "health", "description": "Liveness, readiness (no bearer token) and Prometheus metrics (a bearer token only when MESHHOOK_METRICS_TOKEN is set)."},
+    {"name": "health", "description": "Liveness, readiness (no bearer token) and Prometheus metrics (a bearer "
+                                      "token only when MESHHOOK_METRICS_TOKEN is set)."},
 ]
 
 

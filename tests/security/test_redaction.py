@@ -82,3 +82,30 @@ def test_no_secrets_is_a_no_op():
 def test_legacy_short_values_are_masked_raw_only():
     r = Redactor(["pw12"])
     assert r.redact("pw12 and cHcxMg==") == "*** and cHcxMg=="
+
+
+# ---------------------------------------------------------------- property: no cut shows a secret
+from hypothesis import given, settings  # noqa: E402 - kept next to the property it serves
+from hypothesis import strategies as st  # noqa: E402
+
+ENCODINGS = {
+    "raw": (lambda s: s, 4), "quote": (lambda s: quote(s, safe=""), 4), "quote_plus": (quote_plus, 4),
+    "json": (lambda s: json.dumps(s)[1:-1], 4), "json_ascii_off": (lambda s: json.dumps(s, ensure_ascii=False)[1:-1], 4),
+    "hex": (lambda s: s.encode().hex(), 8), "b64": (lambda s: base64.b64encode(s.encode()).decode(), 8),
+}
+FILL = "·"  # never part of any encoding above
+
+
+@settings(max_examples=300, deadline=None)
+@given(secret=st.text(st.characters(min_codepoint=32, max_codepoint=0x2FF, blacklist_characters=FILL),
+                      min_size=8, max_size=60),
+       encoding=st.sampled_from(sorted(ENCODINGS)), before=st.integers(0, 20), after=st.integers(0, 20),
+       cut=st.floats(0, 1), marker=st.sampled_from(["", "…"]))
+def test_no_cut_of_any_encoding_shows_more_than_a_sliver(secret, encoding, before, after, cut, marker):
+    encode, sliver = ENCODINGS[encoding]
+    r = Redactor([secret])
+    text = FILL * before + encode(secret) + FILL * after
+    cut_text = text[: int(len(text) * cut)] + marker
+    for shown in (r.redact(text), r.redact(cut_text), r.truncate(text, max(1, int(len(text) * cut)))):
+        rest = shown.replace("***", "").replace("…", "").replace(FILL, "")
+        assert len(rest) < sliver, (shown, text)
