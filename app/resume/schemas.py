@@ -23,7 +23,7 @@ class ResumeRequest(BaseModel):
     workflow_version: Literal["original", "latest"] | Annotated[int, Field(ge=1, le=2_147_483_647, strict=True)] = Field(
         default="original", description="`original` (the parent's version), `latest`, or a version number")
     reason: StorableText | None = Field(default=None, max_length=500)
-    rerun: bool = Field(default=False, description=(
+    rerun: bool = Field(default=False, strict=True, description=(
         "Re-execute deliberately (DESIGN §10.2): any step of a succeeded, failed, cancelled or resolved run whose "
         "ancestors all succeeded or were skipped may be chosen (`rerunnable_steps`); it and its descendants run "
         "again. Also allows resuming a resolved run."))
