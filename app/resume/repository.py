@@ -84,9 +84,9 @@ with p as (
 ), ov as (
   insert into step_runs (id, run_id, project_id, step_key, step_type, position, status, attempt, output,
                          finished_at, override)
-  select gen_random_uuid(), $1::uuid, $2::uuid, u.k, u.t, u.p, 'succeeded', 0, u.o, r.created_at,
+  select gen_random_uuid(), $1::uuid, $2::uuid, u.k, u.t, u.p, 'succeeded', 0, u.o::jsonb, r.created_at,
          jsonb_build_object('by', $10::text, 'at', r.created_at, 'reason', $9::text)
-  from r cross join unnest($24::text[], $25::text[], $26::int[], $27::jsonb[]) as u(k, t, p, o)
+  from r cross join unnest($24::text[], $25::text[], $26::int[], $27::text[]) as u(k, t, p, o)
   returning id, step_key, step_type, position, status, attempt, input, output, output_truncated, error,
             started_at, finished_at, reused_from, override
 ), ev as (

@@ -214,7 +214,9 @@ async def _resume_tx(tx: Tx, user: User, run_id: uuid.UUID, req: ResumeRequest, 
     positions = {k: i for i, k in enumerate(new_dag.order)}
     pending = pending_rows(new_dag, reuse | set(plan.override))
     overrides = ([k for k in plan.override], [new_dag.steps[k].type for k in plan.override],
-                 [positions[k] for k in plan.override], [orjson.loads(encoded[k]) for k in plan.override])
+                 [positions[k] for k in plan.override],
+                 # as JSON text: asyncpg would read a list inside a jsonb[] parameter as another array dimension
+                 [encoded[k].decode() for k in plan.override])
     summary = {"from_step": req.from_step, "reused": plan.reuse, "rerun": plan.rerun, "override": plan.override,
                "rerun_requested": req.rerun, "workflow_version": version}
     new_input = req.input if req.input is not None else run["input"]

@@ -281,10 +281,11 @@ async def test_a_manual_output_of_a_later_step_reaches_its_descendants(owner, wo
     wf = await owner.workflow(project, d)
     run = await owner.wait(await owner.start(wf["id"]))
     world.open(gate)
-    r = await owner.resume(run["id"], "call", outputs={"price": 41.5})
+    price = [41.5, {"currency": "EUR", "tiers": []}]  # a list: stored as one JSON value, not an array of them
+    r = await owner.resume(run["id"], "call", outputs={"price": price})
     assert r.status_code == 202, r.text
     done = await owner.wait(r.json()["id"])
-    assert done["status"] == "succeeded" and steps_by_key(done)["out"]["output"] == 41.5
+    assert done["status"] == "succeeded" and steps_by_key(done)["out"]["output"] == price
     assert len(world.seen(gate)) == 2 and world.seen(after) == []
 
 
