@@ -4,7 +4,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from app.storable import StorableText, check_json, StorableObject
+from app.storable import StorableObject, StorableText, check_json
 
 StepOutputs = Annotated[dict[Annotated[str, Field(min_length=1, max_length=100)], Any], AfterValidator(check_json)]
 

@@ -22,11 +22,26 @@ from app.audit.repository import AuditRepository
 from app.audit.service import RequestFacts
 from app.auth.jwt import User
 from app.db.engine import Database, Tx
-from app.errors import Conflict, DomainError, Forbidden, NotFound, PayloadTooLarge, Unprocessable
+from app.errors import (
+    Conflict,
+    DomainError,
+    Forbidden,
+    NotFound,
+    PayloadTooLarge,
+    Unprocessable,
+)
 from app.observability.metrics import RESUME_SECONDS, RESUME_TOTAL
 from app.projects.service import RANK
-from app.resume.plan import (FINISHED, RESUMABLE_RUN, RESUMABLE_STEP, ResumePlan, build_resume_plan, eligible_steps,
-                              rerunnable_steps, resolved_by)
+from app.resume.plan import (
+    FINISHED,
+    RESUMABLE_RUN,
+    RESUMABLE_STEP,
+    ResumePlan,
+    build_resume_plan,
+    eligible_steps,
+    rerunnable_steps,
+    resolved_by,
+)
 from app.resume.repository import IdempotencyRepository, ResumeRepository
 from app.resume.schemas import ResumeRequest
 from app.runs.repository import RunRepository

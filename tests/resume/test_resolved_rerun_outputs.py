@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import uuid
 
 import orjson
@@ -13,7 +14,7 @@ from tests.resume.test_resume_shapes import gate_call, node
 
 
 def chain(*nodes: dict) -> dict:
-    return {"nodes": list(nodes), "edges": [{"source": a["id"], "target": b["id"]} for a, b in zip(nodes, nodes[1:])]}
+    return {"nodes": list(nodes), "edges": [{"source": a["id"], "target": b["id"]} for a, b in itertools.pairwise(nodes)]}
 
 
 def ok_call(world, name: str, body=None) -> dict:
