@@ -85,7 +85,8 @@ async def resume(run_id: Annotated[uuid.UUID, Path()], request: Request, user: C
                  idempotency_key: Annotated[str | None, Header(max_length=255)] = None):
     # The body is validated by the service, so that malformed requests are audited too.
     raw = await request.body()
-    status, body = await service.resume(db, user, run_id, raw, idempotency_key, RequestFacts.of(request))
+    status, body = await service.resume(db, user, run_id, raw, idempotency_key, RequestFacts.of(request),
+                                        cipher=request.app.state.cipher)
     return Response(orjson.dumps(body, default=str), status_code=status, media_type="application/json",
                     headers={"Location": f"/runs/{body['id']}"})
 

@@ -22,6 +22,7 @@ from app.audit.repository import AuditRepository
 from app.audit.service import RequestFacts
 from app.auth.jwt import User
 from app.db.engine import Database, Tx
+from app.engine.driver import redact
 from app.errors import (
     Conflict,
     DomainError,
@@ -46,6 +47,8 @@ from app.resume.repository import IdempotencyRepository, ResumeRepository
 from app.resume.schemas import ResumeRequest
 from app.runs.repository import RunRepository
 from app.runs.service import pending_rows, run_for, step_dict
+from app.secrets.crypto import Cipher
+from app.secrets.service import resolve_secrets
 from app.settings import get_settings
 from app.workflows.repository import WorkflowRepository
 from app.workflows.service import dag_cache
@@ -193,7 +196,7 @@ class _Replay(Exception):
 
 
 async def _resume_tx(tx: Tx, user: User, run_id: uuid.UUID, req: ResumeRequest, idem_key: str | None,
-                     facts: RequestFacts, ctx: dict) -> dict:
+                     facts: RequestFacts, ctx: dict, *, request_hash: str | None = None) -> dict:
     # Also takes the lineage lock (app/resume/repository.py _OPEN), so the resolved/active guard of the
     # write below sees every other resume of this lineage.
     seen = await ResumeRepository(tx).open(run_id)
@@ -208,7 +211,7 @@ async def _resume_tx(tx: Tx, user: User, run_id: uuid.UUID, req: ResumeRequest, 
     # our insert and the caller gets the same 409 (see `resume`).
     run = await ResumeRepository(tx).lock_parent(run_id)
     scope = f"POST /runs/{run_id}/resume"
-    req_hash = _hash(req)
+    req_hash = request_hash or _hash(req)  # of the body as sent, so a retry matches
     if idem_key is not None:
         prior = await IdempotencyRepository(tx).get(user.id, scope, idem_key)
         if prior is not None:
@@ -281,8 +284,21 @@ def _new_run_view(new_id, parent, version, new_input, req: ResumeRequest, user: 
             "steps": [s for _, s in steps], "resumed_runs": [], "eligible_steps": [], "rerunnable_steps": []}
 
 
+async def _without_secrets(db: Database, cipher: Cipher, run_id: uuid.UUID, req: ResumeRequest) -> ResumeRequest:
+    """§9.2: a secret's value never reaches a stored step output, also not one typed in by hand. Read in the
+    service scope (editors cannot read ciphertexts), before the caller's transaction; the permission check
+    follows there, and nothing read here is returned."""
+    async with db.service_scope() as tx:
+        project_id = await AuditRepository(tx).project_of_run(run_id)
+        secrets = await resolve_secrets(tx, cipher, project_id) if project_id is not None else {}
+    if not secrets:
+        return req
+    values = sorted(secrets.values(), key=len, reverse=True)
+    return req.model_copy(update={"outputs": redact(req.outputs, values)})
+
+
 async def resume(db: Database, user: User, run_id: uuid.UUID, raw_body: bytes, idem_key: str | None,
-                 facts: RequestFacts) -> tuple[int, dict]:
+                 facts: RequestFacts, *, cipher: Cipher | None = None) -> tuple[int, dict]:
     started = time.perf_counter()
     ctx: dict[str, Any] = {}
     req: ResumeRequest | None = None
@@ -292,9 +308,10 @@ async def resume(db: Database, user: User, run_id: uuid.UUID, raw_body: bytes, i
             raise Unprocessable("Idempotency-Key must be 1 to 255 characters.",
                                 errors=[{"loc": ["header", "idempotency-key"], "msg": "bad length"}])
         req = parse_request(raw_body)
+        stored_req = await _without_secrets(db, cipher, run_id, req) if req.outputs and cipher is not None else req
         try:
             async with db.user_scope(user.claims) as tx:
-                body = await _resume_tx(tx, user, run_id, req, idem_key, facts, ctx)
+                body = await _resume_tx(tx, user, run_id, stored_req, idem_key, facts, ctx, request_hash=_hash(req))
         except asyncpg.UniqueViolationError:
             # The database's one-active-child index caught a race the row lock did not.
             async with db.service_scope() as tx:

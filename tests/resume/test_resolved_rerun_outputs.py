@@ -366,3 +366,19 @@ async def test_an_approval_during_a_concurrent_resume_of_the_lineage(owner, worl
     async with db.acquire() as c:
         n = await c.fetchval("select count(*) from runs where root_run_id = $1", uuid.UUID(p["id"]))
     assert n == 3
+
+
+async def test_a_secret_typed_into_a_manual_output_is_not_stored(owner, world):
+    gate = f"sec-{uuid.uuid4().hex[:6]}"
+    secret = f"sk_live_{uuid.uuid4().hex}"
+    project = await owner.project()
+    assert (await owner.put(f"/projects/{project}/secrets/API_KEY", {"value": secret})).status_code == 204
+    d = chain(node("start", "webhook"), node("call", "http_call", gate_call(world, gate)),
+              node("echo", "transform", {"expression": "steps.call"}))
+    wf = await owner.workflow(project, d)
+    run = await owner.wait(await owner.start(wf["id"]))
+    r = await owner.resume(run["id"], "call", outputs={"call": {"note": f"paid with {secret}"}}, reason="by hand")
+    assert r.status_code == 202, r.text
+    done = await owner.wait(r.json()["id"])
+    assert steps_by_key(done)["echo"]["output"] == {"note": "paid with ***"}
+    assert secret not in r.text and secret not in (await owner.get(f"/runs/{done['id']}")).text
