@@ -29,6 +29,10 @@ class Problem(BaseModel):
                                   "workflow definitions)")
     eligible_steps: list[str] | None = Field(default=None, description="409/422 from resume: steps one can resume from")
     active_run_id: str | None = Field(default=None, description="409 from resume: the resumed run already in flight")
+    resolved_by: str | None = Field(default=None, description="409 from resume: the run that already finished this "
+                                                              "run's work (send `\"rerun\": true` to run it again)")
+    rerunnable_steps: list[str] | None = Field(default=None, description="409/422 from resume: steps a resume with "
+                                                                         "`\"rerun\": true` may start from")
 
 
 _DESCRIPTIONS = {

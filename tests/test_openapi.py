@@ -34,6 +34,7 @@ OPERATIONS = {
     ("post", "/runs/{run_id}/cancel"): "runs-cancel",
     ("post", "/runs/{run_id}/pause"): "runs-pause",
     ("get", "/runs/{run_id}/resume-plan"): "runs-resume-plan",
+    ("post", "/runs/{run_id}/resume-plan"): "runs-resume-plan-body",
     ("post", "/runs/{run_id}/resume"): "runs-resume",
     ("get", "/projects/{project_id}/audit"): "audit-list",
 }
@@ -115,7 +116,7 @@ def test_resume_documents_its_body_and_conflicts(spec):
     assert body["examples"]
     schema = spec["components"]["schemas"]["ResumeRequest"]
     assert schema["required"] == ["from_step"]
-    assert set(schema["properties"]) == {"from_step", "input", "workflow_version", "reason"}
+    assert set(schema["properties"]) == {"from_step", "input", "workflow_version", "reason", "rerun", "outputs"}
     assert {"202", "403", "404", "409", "422"} <= set(op["responses"])
     assert op["responses"]["202"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/RunDetail"}
 

@@ -43,38 +43,89 @@ where r.id = $1 for update of r
 """
 
 # Everything a resume writes, in one statement: the run, its pending steps, the reused steps
-# copied with identical outputs, the events on child and parent, the audit row and the wake-up.
+# copied with identical outputs, the steps given a manual output (§10.2), the events on child and
+# parent, the audit row and the wake-up.
+# --- resume2 (§10.1/§10.2): `p`/`ok` guard the insert. Under the lineage lock taken by _OPEN, this
+# statement's snapshot is the truth: the parent must not be resolved (unless "rerun": true) and no run of
+# its matter (the subtree of its head) may be queued or running. When the guard fails nothing is written
+# (every insert reads from `r`) and the service reports why with _LINEAGE_CONFLICT. The child records
+# `rerun`, its `ancestors` and its head: itself when it re-opens a finished matter (a re-run of a
+# succeeded or resolved run), else the parent's head.
 _WRITE_RESUME = """
-with r as (
+with p as (
+  select pr.id, coalesce(pr.head_run_id, pr.id) as head, pr.ancestors, pr.resolved_by, pr.status
+  from runs pr where pr.id = $6::uuid
+), ok as (
+  select p.* from p
+  where ($23::boolean or p.resolved_by is null)
+    and not exists (select 1 from runs x where x.root_run_id = $7::uuid and x.status in ('queued', 'running')
+                      and (x.id = p.head or p.head = any(x.ancestors)))
+), r as (
   insert into runs (id, project_id, workflow_id, workflow_version, status, trigger, input, parent_run_id,
-                    root_run_id, resumed_from_step, resume_reason, created_by)
-  values ($1::uuid, $2::uuid, $3, $4, 'queued', 'resume', $5, $6::uuid, $7, $8::text, $9::text, $10::uuid)
+                    root_run_id, resumed_from_step, resume_reason, created_by, rerun, ancestors, head_run_id)
+  select $1::uuid, $2::uuid, $3, $4, 'queued', 'resume', $5, $6::uuid, $7::uuid, $8::text, $9::text, $10::uuid,
+         $23::boolean, ok.ancestors || ok.id,
+         case when $23::boolean and (ok.status = 'succeeded' or ok.resolved_by is not null) then $1::uuid else ok.head end
+  from ok
   returning created_at
 ), pend as (
   insert into step_runs (id, run_id, project_id, step_key, step_type, position, status)
   select gen_random_uuid(), $1::uuid, $2::uuid, u.k, u.t, u.p, 'pending'
-  from unnest($11::text[], $12::text[], $13::int[]) as u(k, t, p)
+  from r cross join unnest($11::text[], $12::text[], $13::int[]) as u(k, t, p)
 ), cp as (
   insert into step_runs (id, run_id, project_id, step_key, step_type, position, status, attempt, input, output,
                          output_truncated, attempts, started_at, finished_at, reused_from)
   select gen_random_uuid(), $1::uuid, s.project_id, s.step_key, s.step_type, u.p, 'succeeded', s.attempt, s.input,
          s.output, s.output_truncated, s.attempts, s.started_at, s.finished_at, s.id
-  from step_runs s join unnest($14::text[], $15::int[]) as u(k, p) on u.k = s.step_key
+  from r cross join step_runs s join unnest($14::text[], $15::int[]) as u(k, p) on u.k = s.step_key
   where s.run_id = $6::uuid
   returning id, step_key, step_type, position, status, attempt, input, output, output_truncated, error,
-            started_at, finished_at, reused_from
+            started_at, finished_at, reused_from, override
+), ov as (
+  insert into step_runs (id, run_id, project_id, step_key, step_type, position, status, attempt, output,
+                         finished_at, override)
+  select gen_random_uuid(), $1::uuid, $2::uuid, u.k, u.t, u.p, 'succeeded', 0, u.o::jsonb, r.created_at,
+         jsonb_build_object('by', $10::text, 'at', r.created_at, 'reason', $9::text)
+  from r cross join unnest($24::text[], $25::text[], $26::int[], $27::text[]) as u(k, t, p, o)
+  returning id, step_key, step_type, position, status, attempt, input, output, output_truncated, error,
+            started_at, finished_at, reused_from, override
 ), ev as (
   insert into run_events (run_id, project_id, type, step_key, payload)
-  values ($1::uuid, $2::uuid, 'run_queued', null, $16::jsonb), ($1::uuid, $2::uuid, 'run_resumed', $8::text, $17::jsonb),
-         ($6::uuid, $2::uuid, 'run_resumed', $8::text, $18::jsonb)
+  select e.run_id, $2::uuid, e.type, e.step_key, e.payload from r cross join (values
+    ($1::uuid, 'run_queued', null, $16::jsonb), ($1::uuid, 'run_resumed', $8::text, $17::jsonb),
+    ($6::uuid, 'run_resumed', $8::text, $18::jsonb)) as e(run_id, type, step_key, payload)
 ), au as (
   insert into audit_log (action, outcome, actor_id, project_id, run_id, step_key, new_run_id, reason, status_code,
                          request_id, ip, user_agent, detail)
-  values ('run.resume', 'accepted', $10::uuid, $2::uuid, $6::uuid, $8::text, $1::uuid, $9::text, 202, $19, $20, $21, $22)
+  select 'run.resume', 'accepted', $10::uuid, $2::uuid, $6::uuid, $8::text, $1::uuid, $9::text, 202, $19, $20, $21, $22
+  from r
 )
-select r.created_at, n.woke, cp.id, cp.step_key, cp.step_type, cp.position, cp.status, cp.attempt, cp.input,
-       cp.output, cp.output_truncated, cp.error, cp.started_at, cp.finished_at, cp.reused_from
-from r cross join (select pg_notify('meshhook_runs', $1::text) as woke) n left join cp on true
+select r.created_at, n.woke, s.id, s.step_key, s.step_type, s.position, s.status, s.attempt, s.input,
+       s.output, s.output_truncated, s.error, s.started_at, s.finished_at, s.reused_from, s.override
+from r cross join (select pg_notify('meshhook_runs', $1::text) as woke) n
+left join (select * from cp union all select * from ov) s on true
+"""
+
+# --- resume2 (§10.1): every resume of a lineage (one root) takes this transaction-scoped lock first,
+# so that the guard in _WRITE_RESUME sees every run another resume of the same lineage committed: an
+# approval of a paused run and a resume of its failed child cannot both start downstream work. The
+# lock is taken only on a run the caller can see (RLS), and released at commit or rollback.
+_OPEN = """
+select r.id, r.project_id, r.root_run_id, r.resolved_by, r.status,
+       (select m.role from project_members m where m.project_id = r.project_id
+          and m.user_id = (select auth.uid())) as caller_role,
+       pg_advisory_xact_lock(1297435720, hashtext(r.root_run_id::text)) as locked
+from runs r where r.id = $1
+"""
+
+# --- resume2 (§10.1): why the guard refused (error path only): the parent's resolver and any run of
+# its matter still queued or running.
+_LINEAGE_CONFLICT = """
+select p.resolved_by,
+       (select x.id from runs x where x.root_run_id = p.root_run_id and x.status in ('queued', 'running')
+          and (x.id = coalesce(p.head_run_id, p.id) or coalesce(p.head_run_id, p.id) = any(x.ancestors))
+        order by x.created_at limit 1) as active_run_id
+from runs p where p.id = $1
 """
 
 
@@ -82,14 +133,22 @@ class ResumeRepository:
     def __init__(self, tx: Tx):
         self.tx = tx
 
+    async def open(self, run_id: uuid.UUID):
+        """The run (if visible), the caller's role, and the lineage lock (see _OPEN)."""
+        return await self.tx.fetchrow(_OPEN, run_id)
+
     async def lock_parent(self, run_id: uuid.UUID):
         return await self.tx.fetchrow(_LOCK_PARENT, run_id)
 
+    async def lineage_conflict(self, run_id: uuid.UUID):
+        return await self.tx.fetchrow(_LINEAGE_CONFLICT, run_id)
+
     async def write(self, *, new_id, parent, version: int, input, from_step: str, reason, actor,
                     pending: tuple[list, list, list], reuse_keys: list[str], reuse_positions: list[int],
-                    child_payload: dict, parent_payload: dict, request_id, ip, user_agent, audit_detail: dict):
+                    child_payload: dict, parent_payload: dict, request_id, ip, user_agent, audit_detail: dict,
+                    rerun: bool = False, overrides: tuple[list, list, list, list] = ([], [], [], [])):
         return await self.tx.fetch(
             _WRITE_RESUME, new_id, parent["project_id"], parent["workflow_id"], version, input, parent["id"],
             parent["root_run_id"] or parent["id"], from_step, reason, actor, pending[0], pending[1], pending[2],
             reuse_keys, reuse_positions, {"parent_run_id": str(parent["id"])}, child_payload, parent_payload,
-            request_id, ip, user_agent, audit_detail)
+            request_id, ip, user_agent, audit_detail, rerun, *overrides)

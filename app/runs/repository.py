@@ -8,9 +8,9 @@ from app.db.engine import Tx
 
 RUN_COLUMNS = ("id, project_id, workflow_id, workflow_version, status, trigger, input, error, parent_run_id,"
                " root_run_id, resumed_from_step, resume_reason, created_by, control, created_at, started_at,"
-               " finished_at")
+               " finished_at, resolved_by, rerun")
 STEP_COLUMNS = ("id, step_key, step_type, position, status, attempt, input, output, output_truncated, error,"
-                " started_at, finished_at, reused_from")
+                " started_at, finished_at, reused_from, override")
 
 # A new run (API or webhook; resumes have their own statement in app/resume/repository.py), its
 # pending steps, its run_queued event and the wake-up, in one statement.
@@ -72,7 +72,8 @@ class RunRepository:
 
     async def lineage(self, root_id: uuid.UUID):
         return await self.tx.fetch(
-            "select id, parent_run_id, status, resumed_from_step, trigger, created_at, finished_at from runs"
+            "select id, parent_run_id, status, resumed_from_step, trigger, created_at, finished_at, resolved_by, rerun"
+            " from runs"
             " where root_run_id = $1 order by created_at, id", root_id)
 
     async def find_by_delivery(self, workflow_id: uuid.UUID, delivery_id: str) -> tuple[uuid.UUID, bytes | None] | None:
@@ -117,7 +118,7 @@ class RunRepository:
 
     async def list_runs(self, *, project_id: uuid.UUID | None, workflow_id: uuid.UUID | None, status: str | None,
                         created_after: datetime | None, created_before: datetime | None,
-                        cursor: tuple[datetime, uuid.UUID] | None, limit: int):
+                        cursor: tuple[datetime, uuid.UUID] | None, limit: int, unresolved: bool = False):
         conds, args = [], []
 
         def arg(v):
@@ -134,6 +135,13 @@ class RunRepository:
             conds.append(f"created_at > {arg(created_after)}")
         if created_before is not None:
             conds.append(f"created_at < {arg(created_before)}")
+        if unresolved:
+            # §10.1 "needs attention": matches the partial indexes ix_runs_unresolved(_project); the
+            # lineage probe (ix_runs_root) drops runs whose matter has a queued or running run.
+            conds.append("status in ('failed', 'paused', 'cancelled') and resolved_by is null and not exists ("
+                         "select 1 from runs x where x.root_run_id = runs.root_run_id"
+                         " and x.status in ('queued', 'running') and (x.id = coalesce(runs.head_run_id, runs.id)"
+                         " or coalesce(runs.head_run_id, runs.id) = any(x.ancestors)))")
         if cursor is not None:
             conds.append(f"(created_at, id) < ({arg(cursor[0])}, {arg(cursor[1])})")
         where = (" where " + " and ".join(conds)) if conds else ""

@@ -74,13 +74,17 @@ async def list_runs(request: Request, user: CurrentUser, db: DbDep,
                     project_id: uuid.UUID | None = None, workflow_id: uuid.UUID | None = None,
                     status: Literal["queued", "running", "paused", "succeeded", "failed", "cancelled"] | None = None,
                     created_after: Timestamp | None = None, created_before: Timestamp | None = None,
+                    unresolved: Annotated[bool, Query(description=(
+                        "Only runs that need attention (DESIGN §10.1): failed, paused or cancelled, not resolved "
+                        "by a later run, and with no run of their lineage queued or running"))] = False,
                     limit: Annotated[int, Query(ge=1, le=200)] = 50,
                     cursor: Annotated[str | None, Query(max_length=200, pattern=r"^[A-Za-z0-9_-]+={0,2}$",
                                                         description="`next_cursor` of the previous page")] = None):
     async with db.user_scope(user.claims) as tx:
         return await service.list_runs(tx, project_id=project_id, workflow_id=workflow_id, status=status,
                                        created_after=created_after, created_before=created_before,
-                                       cursor=cursor, limit=limit, seal=_cursor_seal(request))
+                                       cursor=cursor, limit=limit, seal=_cursor_seal(request),
+                                       unresolved=unresolved)
 
 
 def _cursor_seal(request: Request) -> service.CursorSeal:

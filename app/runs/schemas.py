@@ -21,6 +21,13 @@ class RunStart(BaseModel):
     version: int | None = Field(default=None, ge=1, le=2_147_483_647, strict=True)
 
 
+class StepOverride(BaseModel):
+    """Who set a step's output by hand (`outputs` of a resume, DESIGN §10.2), when, and why."""
+    by: uuid.UUID = Field(description="The user who resumed with this output")
+    at: datetime
+    reason: str | None = Field(default=None, description="The resume request's `reason`")
+
+
 class StepRead(BaseModel):
     model_config = ConfigDict(json_schema_serialization_defaults_required=True)  # always sent: required in the spec
     key: str
@@ -35,6 +42,9 @@ class StepRead(BaseModel):
     finished_at: datetime | None = None
     reused_from: uuid.UUID | None = None
     eligible_for_resume: bool = False
+    override: StepOverride | None = Field(
+        default=None, description="Set when the output was given by hand in a resume's `outputs`: the step was not "
+                                  "executed (then `reused_from` is null)")
 
 
 class StepAttempt(BaseModel):
@@ -74,6 +84,10 @@ class RunRead(BaseModel):
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    resolved_by: uuid.UUID | None = Field(
+        default=None, description="A failed, paused or cancelled run whose work a later resumed run finished: that "
+                                  "run's id (DESIGN §10.1; the rule is in docs/resume.md); else null")
+    rerun: bool = Field(default=False, description='Started by a resume with `"rerun": true`')
 
 
 _RUN_EXAMPLE: dict[str, Any] = {
@@ -84,19 +98,23 @@ _RUN_EXAMPLE: dict[str, Any] = {
     "parent_run_id": None, "root_run_id": "0b9c6b0e-5d7e-4f7c-9a52-3f1f0f2d9a11", "resumed_from_step": None,
     "created_by": "4d2e6f8a-0b1c-4d3e-9f5a-7b8c9d0e1f2a", "created_at": "2026-11-26T10:00:00Z",
     "started_at": "2026-11-26T10:00:00.010Z", "finished_at": "2026-11-26T10:00:03.200Z",
+    "resolved_by": None, "rerun": False,
     "steps": [
         {"key": "start", "type": "webhook", "status": "succeeded", "attempt": 1, "input": {"amount": 42},
          "output": {"amount": 42}, "output_truncated": False, "error": None, "started_at": "2026-11-26T10:00:00.012Z",
-         "finished_at": "2026-11-26T10:00:00.013Z", "reused_from": None, "eligible_for_resume": False},
+         "finished_at": "2026-11-26T10:00:00.013Z", "reused_from": None, "eligible_for_resume": False,
+         "override": None},
         {"key": "charge", "type": "http_call", "status": "failed", "attempt": 3,
          "input": {"method": "POST", "url": "http://127.0.0.1:8080/charge"}, "output": None, "output_truncated": False,
          "error": {"type": "http_error", "status": 503, "message": "HTTP 503"},
          "started_at": "2026-11-26T10:00:00.015Z", "finished_at": "2026-11-26T10:00:03.190Z",
-         "reused_from": None, "eligible_for_resume": True},
+         "reused_from": None, "eligible_for_resume": True,
+         "override": None},
         {"key": "summary", "type": "transform", "status": "pending", "attempt": 0, "input": None, "output": None,
-         "output_truncated": False, "error": None, "started_at": None, "finished_at": None, "reused_from": None, "eligible_for_resume": False},
+         "output_truncated": False, "error": None, "started_at": None, "finished_at": None, "reused_from": None,
+         "eligible_for_resume": False, "override": None},
     ],
-    "resumed_runs": [], "eligible_steps": ["charge"],
+    "resumed_runs": [], "eligible_steps": ["charge"], "rerunnable_steps": ["start", "charge"],
 }
 
 
@@ -105,6 +123,10 @@ class RunDetail(RunRead):
     steps: list[StepRead]
     resumed_runs: list[uuid.UUID]
     eligible_steps: list[str] = Field(default_factory=list)
+    rerunnable_steps: list[str] = Field(
+        default_factory=list, description='Steps a resume with `"rerun": true` may start from (DESIGN §10.2): every '
+                                          "step whose ancestors all succeeded or were skipped, when the run is "
+                                          "succeeded, failed, cancelled or resolved")
 
 
 class RunList(BaseModel):
@@ -122,6 +144,8 @@ class LineageNode(BaseModel):
     created_at: datetime
     finished_at: datetime | None
     children: list[uuid.UUID]
+    resolved_by: uuid.UUID | None = None
+    rerun: bool = False
 
 
 class Lineage(BaseModel):

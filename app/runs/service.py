@@ -15,7 +15,7 @@ from app.db.engine import Tx
 from app.errors import Conflict, NotFound, Unprocessable
 from app.projects.repository import ProjectRepository
 from app.projects.service import check_role
-from app.resume.plan import eligible_steps
+from app.resume.plan import eligible_steps, rerunnable_steps, resolved_by
 from app.runs.repository import RunRepository
 from app.workflows.definition import Dag
 from app.workflows.service import dag_cache, workflow_for
@@ -63,14 +63,15 @@ async def run_for(tx: Tx, run_id: uuid.UUID, min_role: str, *, for_update: bool 
 def run_dict(run) -> dict:
     return {k: run[k] for k in ("id", "project_id", "workflow_id", "workflow_version", "status", "trigger", "input",
                                 "error", "parent_run_id", "root_run_id", "resumed_from_step", "created_by",
-                                "created_at", "started_at", "finished_at")}
+                                "created_at", "started_at", "finished_at", "rerun")} | {"resolved_by": resolved_by(run)}
 
 
 def step_dict(s, eligible: set[str]) -> dict:
     return {"key": s["step_key"], "type": s["step_type"], "status": s["status"], "attempt": s["attempt"],
             "input": s["input"], "output": s["output"], "output_truncated": s["output_truncated"],
             "error": s["error"], "started_at": s["started_at"], "finished_at": s["finished_at"],
-            "reused_from": s["reused_from"], "eligible_for_resume": s["step_key"] in eligible}
+            "reused_from": s["reused_from"], "eligible_for_resume": s["step_key"] in eligible,
+            "override": s["override"]}
 
 
 async def run_view(tx: Tx, run_id: uuid.UUID, *, with_steps: bool = True, run=None) -> dict:
@@ -85,9 +86,12 @@ async def run_view(tx: Tx, run_id: uuid.UUID, *, with_steps: bool = True, run=No
         eset = set(eligible)
         out["steps"] = [step_dict(s, eset) for s in steps]
         out["eligible_steps"] = eligible
+        out["rerunnable_steps"] = rerunnable_steps(dag, run["status"], out["resolved_by"] is not None,
+                                                   statuses) if dag else []
     else:
         out["steps"] = []
         out["eligible_steps"] = []
+        out["rerunnable_steps"] = []
     out["resumed_runs"] = await repo.children(run_id)
     return out
 
@@ -148,7 +152,7 @@ def decode_cursor(cursor: str, seal: CursorSeal) -> tuple[datetime, uuid.UUID]:
 
 
 async def list_runs(tx: Tx, *, project_id, workflow_id, status, created_after, created_before, cursor, limit,
-                    seal: CursorSeal):
+                    seal: CursorSeal, unresolved: bool = False):
     if project_id is not None:
         role = await ProjectRepository(tx).role_of_caller(project_id)
         check_role(role, "viewer", "project")
@@ -157,7 +161,7 @@ async def list_runs(tx: Tx, *, project_id, workflow_id, status, created_after, c
     cur = decode_cursor(cursor, seal) if cursor else None
     rows = await RunRepository(tx).list_runs(project_id=project_id, workflow_id=workflow_id, status=status,
                                              created_after=created_after, created_before=created_before,
-                                             cursor=cur, limit=limit)
+                                             cursor=cur, limit=limit, unresolved=unresolved)
     more = len(rows) > limit
     rows = rows[:limit]
     nxt = encode_cursor(rows[-1]["created_at"], rows[-1]["id"], seal) if more and rows else None
@@ -173,7 +177,7 @@ async def lineage(tx: Tx, run_id: uuid.UUID) -> dict:
         if r["parent_run_id"] is not None:
             children.setdefault(r["parent_run_id"], []).append(r["id"])
     return {"root_run_id": root,
-            "runs": [dict(r) | {"children": children.get(r["id"], [])} for r in rows]}
+            "runs": [dict(r) | {"children": children.get(r["id"], []), "resolved_by": resolved_by(r)} for r in rows]}
 
 
 async def list_events(tx: Tx, run_id: uuid.UUID, after: int, limit: int) -> dict:

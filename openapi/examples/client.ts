@@ -1,5 +1,6 @@
 // A small MeshHook client on fetch, typed by `openapi-typescript` from ../openapi.json
-// (run ./typecheck.sh). It lists runs, reads a run and resumes it from its failed step.
+// (run ./typecheck.sh). It lists runs, reads a run and resumes it from its failed step; it approves a
+// paused run exactly once and marks a failed step succeeded with an output given by hand.
 import type { components, operations, paths } from "./generated/api";
 
 export type Run = components["schemas"]["RunRead"];
@@ -9,6 +10,7 @@ export type RunList = components["schemas"]["RunList"];
 export type ResumeRequest = components["schemas"]["ResumeRequest"];
 export type ResumePlan = components["schemas"]["ResumePlanRead"];
 export type Problem = components["schemas"]["Problem"];
+export type StepOverride = components["schemas"]["StepOverride"];
 export type RunStatus = Run["status"];
 export type ListRunsQuery = NonNullable<operations["runs-list"]["parameters"]["query"]>;
 
@@ -24,6 +26,10 @@ export class ProblemError extends Error {
   }
   get activeRunId(): string | null {
     return this.problem.active_run_id ?? null;
+  }
+  /** 409 from resume: the run that already finished this run's work. */
+  get resolvedBy(): string | null {
+    return this.problem.resolved_by ?? null;
   }
 }
 
@@ -72,6 +78,12 @@ export class MeshHookClient {
     return this.request<ResumePlan>("GET", `/runs/${encodeURIComponent(runId)}/resume-plan?${new URLSearchParams(query)}`);
   }
 
+  /** POST /runs/{run_id}/resume-plan — the same preview for a full resume body (rerun, outputs). */
+  resumePlanFor(runId: string, body: ResumeRequest): Promise<ResumePlan> {
+    return this.request<operations["runs-resume-plan-body"]["responses"][200]["content"]["application/json"]>(
+      "POST", `/runs/${encodeURIComponent(runId)}/resume-plan`, body);
+  }
+
   /** POST /runs/{run_id}/resume — 202 with the new run; retries with the same key return the same run. */
   resume(runId: string, body: ResumeRequest, idempotencyKey?: string): Promise<RunDetail> {
     const headers: Record<string, string> = {};
@@ -115,4 +127,34 @@ export async function resumeFailedRuns(client: MeshHookClient, workflowId: strin
     cursor = page.next_cursor;
   } while (cursor);
   return resumed;
+}
+
+/** "Approve once": continue a paused run from its pause step. A second click, another operator or a retry
+ * never runs the downstream steps twice: the server answers 409 with `resolved_by` (already approved and
+ * finished) or `active_run_id` (approved and still running), and this returns that run's id instead. */
+export async function approveOnce(client: MeshHookClient, runId: string, pauseStep: string, reason: string): Promise<string> {
+  try {
+    const child = await client.resume(runId, { from_step: pauseStep, reason }, `approve:${runId}:${pauseStep}`);
+    return child.id;
+  } catch (err) {
+    if (err instanceof ProblemError && err.problem.status === 409) {
+      const existing = err.resolvedBy ?? err.activeRunId;
+      if (existing) return existing;
+    }
+    throw err;
+  }
+}
+
+/** "Mark succeeded": the failed step's work was done by hand (say, a payment taken by phone). Record its
+ * output without calling the upstream again and let the rest of the run continue with it. */
+export async function markSucceeded(client: MeshHookClient, runId: string, stepKey: string, output: unknown,
+                                    reason: string): Promise<RunDetail> {
+  const body: ResumeRequest = { from_step: stepKey, outputs: { [stepKey]: output }, reason };
+  const plan = await client.resumePlanFor(runId, body);
+  if (!plan.override.includes(stepKey)) throw new Error(`step ${stepKey} would not take the output`);
+  const child = await client.resume(runId, body, `mark:${runId}:${stepKey}`);
+  const step = child.steps.find((s) => s.key === stepKey);
+  const override: StepOverride | null | undefined = step?.override;
+  if (!override || step?.reused_from) throw new Error("the server did not record the output by hand");
+  return child;
 }

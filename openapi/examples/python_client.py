@@ -6,6 +6,10 @@ until it fails at the HTTP call, shows the resume plan, waits for you to fix the
 
     python python_client.py --base-url http://127.0.0.1:8000 --token "$TOKEN" https://upstream.example/charge
 
+With `--mark-succeeded '<json>'` it does not wait: it records that JSON as the failed step's output by hand
+("mark succeeded", DESIGN §10.2), so the upstream is not called again and the rest of the run uses it.
+`approve_once()` and `mark_succeeded()` below are the two operator actions as small functions.
+
 The base URL and token may also come from MESHHOOK_URL and MESHHOOK_TOKEN (`meshhook token --sub <uuid>`
 mints a dev token). The last line printed is a JSON summary. Exit status: 0 when the resumed run
 succeeded, 1 when it did not, 2 on an API error (its problem+json is printed).
@@ -53,6 +57,32 @@ def wait_for_run(client: httpx.Client, run_id: str, timeout_s: float) -> dict:
         delay = min(delay * 2, 1.0)
 
 
+def approve_once(client: httpx.Client, run_id: str, pause_step: str, reason: str) -> str:
+    """Continue a paused run from its pause step, at most once. A second approval (a double click, another
+    operator, a retry) never runs the downstream steps twice: the server answers 409 with `resolved_by`
+    (approved and finished) or `active_run_id` (approved, still running); return that run instead."""
+    response = client.post(f"/runs/{run_id}/resume", json={"from_step": pause_step, "reason": reason},
+                           headers={"Idempotency-Key": f"approve:{run_id}:{pause_step}"})
+    if response.status_code == 202:
+        return response.json()["id"]
+    if response.status_code == 409:
+        problem = response.json()
+        existing = problem.get("resolved_by") or problem.get("active_run_id")
+        if existing:
+            return existing
+    raise ApiError(response)
+
+
+def mark_succeeded(client: httpx.Client, run_id: str, step: str, output: object, reason: str) -> dict:
+    """The step's work was done by hand (say, a payment taken by phone): record its output without calling
+    the upstream again, and let the rest of the run continue with it. Returns the new run (202 body)."""
+    body = {"from_step": step, "outputs": {step: output}, "reason": reason}
+    plan = call(client, "POST", f"/runs/{run_id}/resume-plan", 200, json=body)
+    print(f"marking {plan['override']} succeeded; re-executing {plan['rerun']}; reusing {plan['reuse']}")
+    return call(client, "POST", f"/runs/{run_id}/resume", 202, json=body,
+                headers={"Idempotency-Key": f"mark:{run_id}:{step}"})
+
+
 def definition(url: str) -> dict:
     return {
         "nodes": [
@@ -73,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-url", default=os.environ.get("MESHHOOK_URL", "http://127.0.0.1:8000"))
     parser.add_argument("--token", default=os.environ.get("MESHHOOK_TOKEN"))
     parser.add_argument("--timeout", type=float, default=60, help="seconds to wait for each run")
+    parser.add_argument("--mark-succeeded", metavar="JSON", type=json.loads, default=None,
+                        help="record this output for the failed step instead of calling the upstream again")
     args = parser.parse_args(argv)
     if not args.token:
         parser.error("a token is required: --token or MESHHOOK_TOKEN")
@@ -96,12 +128,14 @@ def main(argv: list[str] | None = None) -> int:
             plan = call(client, "GET", f"/runs/{run['id']}/resume-plan", 200, params={"from_step": step["key"]})
             print(f"a resume from {plan['from_step']!r} reuses {plan['reuse']} and re-executes {plan['rerun']}")
 
-            print("fix the upstream service, then press Enter to resume", flush=True)
-            sys.stdin.readline()
-
-            resumed = call(client, "POST", f"/runs/{run['id']}/resume", 202,
-                           json={"from_step": step["key"], "reason": "upstream fixed"},
-                           headers={"Idempotency-Key": f"{run['id']}:{step['key']}"})
+            if args.mark_succeeded is not None:
+                resumed = mark_succeeded(client, run["id"], step["key"], args.mark_succeeded, "done by hand")
+            else:
+                print("fix the upstream service, then press Enter to resume", flush=True)
+                sys.stdin.readline()
+                resumed = call(client, "POST", f"/runs/{run['id']}/resume", 202,
+                               json={"from_step": step["key"], "reason": "upstream fixed"},
+                               headers={"Idempotency-Key": f"{run['id']}:{step['key']}"})
             print(f"resumed as run {resumed['id']}")
             resumed = wait_for_run(client, resumed["id"], args.timeout)
         except ApiError as exc:

@@ -36,7 +36,8 @@ async def test_linear_resume_reuses_the_prefix_and_reruns_the_rest(owner, world)
     assert not steps["a"]["eligible_for_resume"]
 
     plan = (await owner.get(f"/runs/{run['id']}/resume-plan", params={"from_step": "call"})).json()
-    assert plan == {"from_step": "call", "reuse": ["start", "a"], "rerun": ["call", "after"], "eligible_steps": ["call"]}
+    assert plan == {"from_step": "call", "reuse": ["start", "a"], "rerun": ["call", "after"], "eligible_steps": ["call"],
+                    "override": [], "rerunnable_steps": ["start", "a", "call"]}
 
     r = await owner.resume(run["id"], "call", reason="gate fixed")
     assert r.status_code == 202, r.text
