@@ -21,6 +21,7 @@ from app.audit.repository import AuditRepository
 from app.audit.service import RequestFacts
 from app.auth.jwt import User
 from app.db.engine import Database, Tx
+from app.db import ids
 from app.errors import Conflict, DomainError, Forbidden, NotFound, Unprocessable
 from app.observability.metrics import RESUME_SECONDS, RESUME_TOTAL
 from app.projects.service import RANK
@@ -114,9 +115,9 @@ async def _resume_tx(tx: Tx, user: User, run_id: uuid.UUID, req: ResumeRequest, 
     role = seen["caller_role"]
     if RANK[role] < RANK["editor"]:
         raise Forbidden(f"Resuming needs the editor or owner role; you are {role}.")
-    # The parent's row lock serializes concurrent resumes of one run. A child committed while we
-    # waited for the lock may be missed by this statement's snapshot; the unique index then refuses
-    # our insert and the caller gets the same 409 (see `resume`).
+    # The parent's row lock serializes concurrent resumes of one run. A parent that already has a
+    # queued or running child is refused by the unique index uq_runs_one_active_child when we write;
+    # the caller gets 409 with the child's id (see `resume`).
     run = await ResumeRepository(tx).lock_parent(run_id)
     scope = f"POST /runs/{run_id}/resume"
     req_hash = _hash(req)
@@ -130,11 +131,8 @@ async def _resume_tx(tx: Tx, user: User, run_id: uuid.UUID, req: ResumeRequest, 
             raise _Replay(prior["status_code"], prior["response"])
     statuses = dict(zip(run["step_keys"], run["step_statuses"]))
     plan, version, _old_dag, new_dag = await _plan_for(tx, run, statuses, req.from_step, req.workflow_version)
-    if run["active_child"] is not None:
-        raise Conflict("A resumed run of this run is already queued or running.",
-                       active_run_id=str(run["active_child"]))
 
-    new_id = uuid.uuid4()
+    new_id = ids.new_id()
     ctx["new_run_id"] = new_id
     reuse = set(plan.reuse)
     positions = {k: i for i, k in enumerate(new_dag.order)}
