@@ -477,6 +477,13 @@ class Bench:
         except subprocess.TimeoutExpired:
             p.kill()
 
+    async def _settle(self) -> None:
+        """After a bulk load: fresh statistics and visibility map, and a checkpoint, so the next
+        phase measures a database that grew, not the write-back of the load's dirty buffers
+        (without it, resumes right after the load waited on evicting them)."""
+        await self.conn.execute("vacuum analyze")
+        await self.conn.execute("checkpoint")
+
     # ---- listing runs ----------------------------------------------------------------------
     async def list_phase(self, name: str, n: int) -> dict:
         """GET /runs?project_id=&limit=50 of the bench project, one connection, `n` times."""
@@ -554,7 +561,7 @@ class Bench:
         await self._cancel_queued()
         t0 = time.perf_counter()
         others = await grow_queue(self.conn, self.seed.owner, projects=s.other_projects, queued=s.other_queued)
-        await self.conn.execute("vacuum analyze")
+        await self._settle()
         self.log(f"deep queue: {s.other_queued} queued runs of {s.other_projects} other projects "
                  f"({time.perf_counter() - t0:.1f}s to seed):")
         P["deep_c1"] = await self.seed.failed_parents(10, s.c1_warm + s.c1, s.fail_at[10])
@@ -562,7 +569,7 @@ class Bench:
         t0 = time.perf_counter()
         await grow_history(self.conn, self.seed.owner, others, finished=s.other_finished,
                            member=self.seed.editors[0], member_of=s.member_of)
-        await self.conn.execute("vacuum analyze")
+        await self._settle()
         self.log(f"grown database: + {s.other_finished} finished runs, the resuming user a member of "
                  f"{s.member_of + 1} projects ({time.perf_counter() - t0:.1f}s to seed and VACUUM ANALYZE):")
         P["grown_c1"] = await self.seed.failed_parents(10, s.c1_warm + s.c1, s.fail_at[10])
@@ -587,6 +594,9 @@ class Bench:
             "ratio_resume_grown_p50": r(grown["p50_ms"] / c1["p50_ms"]),
             "ratio_resume_grown_p99": r(grown["p99_ms"] / c1["p99_ms"]),
             "resume_grown_pg_cpu_ms_per_resume": r(grown["pg_cpu_ms"], 3),
+            "resume_deep_queue_pg_cpu_ms_per_resume": r(deep["pg_cpu_ms"], 3),
+            "ratio_resume_grown_pg_cpu": r(grown["pg_cpu_ms"] / c1["pg_cpu_ms"]),
+            "ratio_resume_grown_api_cpu": r(grown["api_cpu_ms"] / c1["api_cpu_ms"]),
             "resume_c1_pg_cpu_ms_per_resume": r(c1["pg_cpu_ms"], 3),
             "runs_list_p50_ms": r(lists["p50_ms"]), "runs_list_p99_ms": r(lists["p99_ms"]),
             "runs_list_grown_p50_ms": r(lists_grown["p50_ms"]), "runs_list_grown_p99_ms": r(lists_grown["p99_ms"]),
