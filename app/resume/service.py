@@ -20,8 +20,8 @@ from pydantic import ValidationError
 from app.audit.repository import AuditRepository
 from app.audit.service import RequestFacts
 from app.auth.jwt import User
-from app.db.engine import Database, Tx
 from app.db import ids
+from app.db.engine import Database, Tx
 from app.errors import Conflict, DomainError, Forbidden, NotFound, Unprocessable
 from app.observability.metrics import RESUME_SECONDS, RESUME_TOTAL
 from app.projects.service import RANK
