@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--migrate", action="store_true", help="apply migrations first")
     p.add_argument("--no-notify", action="store_true", help="poll only (no LISTEN)")
     p.set_defaults(func=cmd_worker)
-    p = sub.add_parser("migrate", help="apply database migrations")
+    p = sub.add_parser("migrate", help="apply database migrations, then ANALYZE the tables if any was applied")
     p.set_defaults(func=cmd_migrate)
     p = sub.add_parser("token", help="mint a dev token with the local HS256 secret")
     p.add_argument("--sub", default=None,

@@ -16,35 +16,57 @@ HERE = Path(__file__).resolve().parent
 
 # (key, label, DESIGN §8 target, floor key)
 ROWS = [
-    ("resume_c1_p50_ms", "resume, 1 client, p50 (ms)", "≤ 3", "floor_resume_c1_p50_ms"),
-    ("resume_c1_p99_ms", "resume, 1 client, p99 (ms)", "≤ 8", "floor_resume_c1_p99_ms"),
-    ("resume_p50_ms", "resume, 32 clients, p50 (ms)", "", "floor_resume_p50_ms"),
-    ("resume_p99_ms", "resume, 32 clients, p99 (ms)", "", "floor_resume_p99_ms"),
-    ("resumes_per_s", "resumes/s, 32 clients", "≥ 500", "floor_resumes_per_s"),
-    ("resume_pooler_p50_ms", "resume through PgBouncer (transaction mode), 1 client, p50 (ms)", "", None),
-    ("resume_10_steps_p99_ms", "resume 10 steps, 1 client, p99 (ms)", "", None),
-    ("resume_100_steps_p99_ms", "resume 100 steps, 1 client, p99 (ms)", "", None),
-    ("resume_1000_steps_p99_ms", "resume 1,000 steps, 1 client, p99 (ms)", "≤ 100", None),
-    ("pickup_p50_ms", "pickup with LISTEN, p50 (ms)", "", None),
-    ("pickup_p99_ms", "pickup with LISTEN, p99 (ms)", "≤ 5", None),
-    ("pickup_poll_only_p99_ms", "pickup polling only, p99 (ms)", "≤ poll interval", None),
-    ("worker_steps_per_s_1", "worker steps/s, 1 process", "≥ 1,000", None),
-    ("worker_steps_per_s_2", "worker steps/s, 2 processes", "> 1 process", None),
+    ("resume_c1_p50_ms", "resume, 1 client, p50 (ms)", "≤ 3", "floor_resume_c1_p50_ms", "floor_raw_c1_p50_ms"),
+    ("resume_c1_p99_ms", "resume, 1 client, p99 (ms)", "≤ 8", "floor_resume_c1_p99_ms", "floor_raw_c1_p99_ms"),
+    ("resume_p50_ms", "resume, 32 clients, p50 (ms)", "", "floor_resume_p50_ms", "floor_raw_p50_ms"),
+    ("resume_p99_ms", "resume, 32 clients, p99 (ms)", "", "floor_resume_p99_ms", "floor_raw_p99_ms"),
+    ("resumes_per_s", "resumes/s, 32 clients", "≥ 500", "floor_resumes_per_s", "floor_raw_per_s"),
+    ("resume_worker_c1_p50_ms", "resume, 1 client, worker draining, p50 (ms)", "", None, None),
+    ("resume_worker_c1_p99_ms", "resume, 1 client, worker draining, p99 (ms)", "", None, None),
+    ("resume_worker_per_s", "resumes/s, 32 clients, worker draining", "", None, None),
+    ("resume_deep_queue_c1_p50_ms", "resume, 1 client, deep queue, p50 (ms)", "", None, None),
+    ("resume_deep_queue_c1_p99_ms", "resume, 1 client, deep queue, p99 (ms)", "", None, None),
+    ("resume_grown_p50_ms", "resume, 1 client, grown database, p50 (ms)", "", None, None),
+    ("resume_grown_p99_ms", "resume, 1 client, grown database, p99 (ms)", "", None, None),
+    ("ratio_resume_grown_p50", "grown / small, p50", "≤ 1.25", None, None),
+    ("ratio_resume_grown_p99", "grown / small, p99", "≤ 1.5", None, None),
+    ("ratio_resume_c1_p99_to_floor_raw", "1 client p99 / raw floor p99", "≤ 1.5", None, None),
+    ("runs_list_p50_ms", "GET /runs?project_id=&limit=50, p50 (ms)", "", None, None),
+    ("runs_list_grown_p50_ms", "the same, grown database, p50 (ms)", "", None, None),
+    ("resume_pooler_p50_ms", "resume through PgBouncer (transaction mode), 1 client, p50 (ms)", "", None, None),
+    ("resume_10_steps_p99_ms", "resume 10 steps, 1 client, p99 (ms)", "", None, None),
+    ("resume_100_steps_p99_ms", "resume 100 steps, 1 client, p99 (ms)", "", None, None),
+    ("resume_1000_steps_p99_ms", "resume 1,000 steps, 1 client, p99 (ms)", "≤ 100", None, None),
+    ("pickup_p50_ms", "pickup with LISTEN, p50 (ms)", "", None, None),
+    ("pickup_p99_ms", "pickup with LISTEN, p99 (ms)", "≤ 5", None, None),
+    ("pickup_poll_only_p99_ms", "pickup polling only, p99 (ms)", "≤ poll interval", None, None),
+    ("worker_steps_per_s_1", "worker steps/s, 1 process", "≥ 1,000", None, None),
+    ("worker_steps_per_s_2", "worker steps/s, 2 processes", "> 1 process", None, None),
 ]
 
 
 def table(res: dict) -> str:
-    lines = ["| metric | result | target (DESIGN §8) | floor (bare asyncpg) |", "|---|---:|---|---:|"]
-    for key, label, target, floor in ROWS:
+    lines = ["| metric | result | target (DESIGN §8) | met | floor (recorded SQL) | raw floor (superuser) |",
+             "|---|---:|---|---|---:|---:|"]
+    met = {k: v["met"] for k, v in (res.get("targets") or {}).items()}
+    for key, label, target, floor, raw in ROWS:
         if key == "pickup_poll_only_p99_ms":
             target = f"≤ {res.get('pickup_poll_interval_s', '?')} s"
-        lines.append(f"| {label} | {fmt(res.get(key, float('nan')))} | {target} | "
-                     f"{fmt(res[floor]) if floor and floor in res else ''} |")
+        ok = "" if key not in met else ("yes" if met[key] else "**no**")
+        lines.append(f"| {label} | {fmt(res.get(key, float('nan')))} | {target} | {ok} | "
+                     f"{fmt(res[floor]) if floor and floor in res else ''} | {fmt(res[raw]) if raw and raw in res else ''} |")
     m = res.get("machine", {})
     lines.append("")
     lines.append(f"ratios: resume p99 / floor p99 = {fmt(res.get('ratio_resume_p99_to_floor', float('nan')))}, "
                  f"1-client p50 / floor = {fmt(res.get('ratio_resume_c1_p50_to_floor', float('nan')))}, "
                  f"floor throughput / ours = {fmt(res.get('ratio_floor_to_resume_throughput', float('nan')))}")
+    lines.append(f"PostgreSQL CPU per resume (ms): ours {fmt(res.get('resume_pg_cpu_ms_per_resume', float('nan')))}, "
+                 f"recorded floor {fmt(res.get('floor_pg_cpu_ms_per_resume', float('nan')))}, "
+                 f"raw floor {fmt(res.get('floor_raw_pg_cpu_ms_per_resume', float('nan')))} (32 clients); "
+                 f"1 client: ours {fmt(res.get('resume_c1_pg_cpu_ms_per_resume', float('nan')))}, grown "
+                 f"{fmt(res.get('resume_grown_pg_cpu_ms_per_resume', float('nan')))}, raw floor "
+                 f"{fmt(res.get('floor_raw_c1_pg_cpu_ms_per_resume', float('nan')))}; "
+                 f"API CPU per resume {fmt(res.get('resume_api_cpu_ms_per_resume', float('nan')))} ms")
     lines.append(f"pickup measured from the resume transaction's last write (its audit row) to the claim; "
                  f"from the HTTP response: p50 {fmt(res.get('pickup_from_response_p50_ms', float('nan')))} ms, "
                  f"p99 {fmt(res.get('pickup_from_response_p99_ms', float('nan')))} ms")

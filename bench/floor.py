@@ -138,3 +138,69 @@ class RecordedResume:
 
     def describe(self) -> list[str]:
         return [" ".join(st.query.split())[:110] for st in self.statements]
+
+
+# The raw floor: what a person would write by hand for the same writes, as the superuser (no RLS,
+# no membership helpers, no role switch): lock the parent and read its step statuses, write the
+# run, its pending and copied steps, the three events, the audit row and the wake-up, commit.
+_RAW_LOCK = """
+select r.id, r.project_id, r.workflow_id, r.workflow_version, r.status, r.input, r.root_run_id,
+       coalesce(st.keys, '{}') as step_keys, coalesce(st.statuses, '{}') as step_statuses
+from runs r
+cross join lateral (select array_agg(s.step_key) as keys, array_agg(s.status) as statuses
+                    from step_runs s where s.run_id = r.id) st
+where r.id = $1 for update of r
+"""
+_RAW_WRITE = """
+with r as (
+  insert into runs (id, project_id, workflow_id, workflow_version, status, trigger, input, parent_run_id,
+                    root_run_id, resumed_from_step, resume_reason, created_by)
+  values ($1, $2, $3, $4, 'queued', 'resume', $5, $6, $7, $8, null, $9)
+), p as (
+  insert into step_runs (id, run_id, project_id, step_key, step_type, position, status)
+  select gen_random_uuid(), $1, $2, u.k, u.t, u.p, 'pending' from unnest($10::text[], $11::text[], $12::int[]) as u(k, t, p)
+), c as (
+  insert into step_runs (id, run_id, project_id, step_key, step_type, position, status, attempt, input, output,
+                         output_truncated, attempts, started_at, finished_at, reused_from)
+  select gen_random_uuid(), $1, s.project_id, s.step_key, s.step_type, u.p, 'succeeded', s.attempt, s.input, s.output,
+         s.output_truncated, s.attempts, s.started_at, s.finished_at, s.id
+  from step_runs s join unnest($13::text[], $14::int[]) as u(k, p) on u.k = s.step_key where s.run_id = $6
+), e as (
+  insert into run_events (run_id, project_id, type, step_key, payload)
+  values ($1, $2, 'run_queued', null, $15), ($1, $2, 'run_resumed', $8, $15), ($6, $2, 'run_resumed', $8, $15)
+), a as (
+  insert into audit_log (action, outcome, actor_id, project_id, run_id, step_key, new_run_id, status_code, request_id,
+                         ip, user_agent, detail)
+  values ('run.resume', 'accepted', $9, $2, $6, $8, $1, 202, 'bench-raw', '127.0.0.1', 'meshhook-bench', $15)
+)
+select pg_notify('meshhook_runs', $1::text)
+"""
+
+
+class RawResume:
+    """The hand-written superuser transaction of the same writes (`floor_raw_*`), for 10-step
+    parents that failed at `from_step`: the RLS share of a resume's cost is then a number."""
+
+    def __init__(self, actor: uuid.UUID, n_steps: int, fail_at: int):
+        self.actor = actor
+        self.from_step = f"s{fail_at}"
+        self.reuse = [f"s{i}" for i in range(1, fail_at)]
+        self.pending = ([f"s{i}" for i in range(fail_at, n_steps + 1)], ["transform"] * (n_steps - fail_at + 1),
+                        list(range(fail_at - 1, n_steps)))
+
+    round_trips = 4
+
+    async def replay(self, conn: asyncpg.Connection, parent: uuid.UUID) -> None:
+        new_run = uuid.uuid4()
+        await conn.execute("BEGIN")
+        try:
+            p = await conn.fetchrow(_RAW_LOCK, parent)
+            payload = {"parent_run_id": str(parent), "from_step": self.from_step}
+            await conn.fetch(_RAW_WRITE, new_run, p["project_id"], p["workflow_id"], p["workflow_version"], p["input"],
+                             parent, p["root_run_id"] or parent, self.from_step, self.actor, *self.pending,
+                             self.reuse, list(range(len(self.reuse))), payload)
+            await conn.execute("COMMIT")
+        except BaseException:
+            if not conn.is_closed() and conn.is_in_transaction():
+                await conn.execute("ROLLBACK")
+            raise

@@ -19,9 +19,9 @@ from pathlib import Path
 import asyncpg
 
 from bench import env
-from bench.floor import RecordedResume
+from bench.floor import RawResume, RecordedResume
 from bench.http import Connection
-from bench.seed import Seeder, init_json
+from bench.seed import Seeder, grow_history, grow_queue, init_json
 from bench.stats import pct, r
 
 FINAL = ("succeeded", "failed", "cancelled")
@@ -30,6 +30,10 @@ NUMERIC_KEYS = (
     "resume_1000_steps_p99_ms", "pickup_p50_ms", "pickup_p99_ms", "pickup_poll_only_p99_ms",
     "worker_steps_per_s_1", "worker_steps_per_s_2", "floor_resume_p99_ms", "floor_resumes_per_s",
     "resume_pooler_p50_ms",
+    "floor_raw_c1_p50_ms", "floor_raw_c1_p99_ms", "floor_raw_per_s", "resume_worker_c1_p50_ms",
+    "resume_worker_c1_p99_ms", "resume_worker_per_s", "resume_deep_queue_c1_p50_ms", "resume_deep_queue_c1_p99_ms",
+    "resume_grown_p50_ms", "resume_grown_p99_ms", "ratio_resume_grown_p50", "ratio_resume_grown_p99",
+    "runs_list_p50_ms", "runs_list_grown_p50_ms", "ratio_resume_c1_p99_to_floor_raw",
 )
 
 
@@ -46,14 +50,22 @@ class Sizes:
     poll_interval_s: float
     drain_warm: int
     drain: int
+    worker_c32: int  # resumes at 32 clients while a worker drains the children
+    lists: int  # GET /runs?project_id=&limit=50 requests per list phase
+    other_projects: int  # the grown database: other tenants' projects (5 members each) ...
+    other_queued: int  # ... their queued runs (the deep queue), 10 pending steps each ...
+    other_finished: int  # ... and their finished 10-step runs
+    member_of: int  # how many of them the resuming user is a viewer of
     concurrency: int = 32
     fail_at: dict[int, int] = field(default_factory=lambda: {10: 5, 100: 50, 1000: 500})
 
 
 FULL = Sizes(c1_warm=50, c1=500, c32_warm=256, c32=4000, scale_warm=5, scale={10: 200, 100: 100, 1000: 60},
-             pickup=200, poll=40, poll_interval_s=0.5, drain_warm=32, drain=500)
+             pickup=200, poll=40, poll_interval_s=0.5, drain_warm=32, drain=500, worker_c32=2000, lists=300,
+             other_projects=2000, other_queued=20_000, other_finished=200_000, member_of=200)
 QUICK = Sizes(c1_warm=5, c1=20, c32_warm=32, c32=96, scale_warm=1, scale={10: 10, 100: 5, 1000: 3},
-              pickup=10, poll=4, poll_interval_s=0.2, drain_warm=4, drain=30)
+              pickup=10, poll=4, poll_interval_s=0.2, drain_warm=4, drain=30, worker_c32=64, lists=20,
+              other_projects=20, other_queued=200, other_finished=2000, member_of=20)
 
 
 # ---------------------------------------------------------------- small measurements
@@ -194,6 +206,10 @@ class Bench:
             "floor_record": await self.seed.failed_parents(10, 2, fa[10]),
             "floor_c1": await self.seed.failed_parents(10, s.c1_warm + s.c1, fa[10]),
             "floor_c32": await self.seed.failed_parents(10, s.c32_warm + s.c32, fa[10]),
+            "raw_c1": await self.seed.failed_parents(10, s.c1_warm + s.c1, fa[10]),
+            "raw_c32": await self.seed.failed_parents(10, s.c32_warm + s.c32, fa[10]),
+            "worker_c1": await self.seed.failed_parents(10, s.c1_warm + s.c1, fa[10]),
+            "worker_c32": await self.seed.failed_parents(10, s.c32_warm + s.worker_c32, fa[10]),
             "pickup": await self.seed.failed_parents(10, s.pickup + 2, fa[10]),
             "poll": await self.seed.failed_parents(10, s.poll + 1, fa[10]),
         }
@@ -351,12 +367,13 @@ class Bench:
             self.log(f"    {line}")
         return rec
 
-    async def floor_phase(self, name: str, rec: RecordedResume, parents: list[uuid.UUID], warm: int,
+    async def floor_phase(self, name: str, rec: RecordedResume | RawResume, parents: list[uuid.UUID], warm: int,
                           concurrency: int) -> dict:
         from app.db.engine import init_connection
 
+        app_name = "meshhook-bench-floor-raw" if isinstance(rec, RawResume) else "meshhook-bench-floor"
         pool = await asyncpg.create_pool(self.url, min_size=concurrency, max_size=concurrency, init=init_connection,
-                                         server_settings={"application_name": "meshhook-bench-floor"})
+                                         server_settings={"application_name": app_name})
         try:
             async def run(batch: list[uuid.UUID]) -> list[float]:
                 it = iter(batch)
@@ -373,7 +390,7 @@ class Bench:
                 return lat
 
             await run(parents[:warm])
-            async with Meter(self.conn, self.db_name, "meshhook-bench-floor") as m:
+            async with Meter(self.conn, self.db_name, app_name) as m:
                 lat = await run(parents[warm:])
         finally:
             await pool.close()
@@ -498,17 +515,48 @@ class Bench:
         except subprocess.TimeoutExpired:
             p.kill()
 
+    async def _settle(self) -> None:
+        """After a bulk load: fresh statistics and visibility map, and a checkpoint, so the next
+        phase measures a database that grew, not the write-back of the load's dirty buffers
+        (without it, resumes right after the load waited on evicting them)."""
+        await self.conn.execute("vacuum analyze")
+        await self.conn.execute("checkpoint")
+
+    # ---- listing runs ----------------------------------------------------------------------
+    async def list_phase(self, name: str, n: int) -> dict:
+        """GET /runs?project_id=&limit=50 of the bench project, one connection, `n` times."""
+        c = Connection("127.0.0.1", self.port)
+        headers = {"Authorization": f"Bearer {self.tokens[0]}", "User-Agent": "meshhook-bench"}
+        raw = c.build("GET", f"/runs?project_id={self.seed.project}&limit=50", headers)
+        lat: list[float] = []
+        try:
+            for i in range(n + 5):
+                t0 = time.perf_counter()
+                status, _h, resp = await c.send(raw)
+                if status != 200:
+                    raise RuntimeError(f"{name}: GET /runs answered {status}: {resp[:300]!r}")
+                if i >= 5:
+                    lat.append(time.perf_counter() - t0)
+        finally:
+            await c.close()
+        out = {"p50_ms": pct(lat, 50) * 1e3, "p99_ms": pct(lat, 99) * 1e3, "n": len(lat)}
+        self.log(f"  {name}: n={len(lat)} p50={out['p50_ms']:.2f}ms p99={out['p99_ms']:.2f}ms")
+        return out
+
     # ---- all of it ----------------------------------------------------------------------------
     async def run(self) -> dict:
         s, P, res = self.s, self.parents, self.results
         fs = lambda n: f"s{s.fail_at[n]}"  # noqa: E731
         rec = await self.record_floor()
+        raw = RawResume(self.seed.editors[0], 10, s.fail_at[10])
         self._start_api()
-        # Each HTTP phase is followed at once by its floor, so that both see the same machine
+        # Each HTTP phase is followed at once by its floors, so that all see the same machine
         # (the load of a shared box drifts within minutes) and tables of the same size.
-        self.log("resume over HTTP (API process without a worker) | floor (the recorded SQL through asyncpg):")
+        self.log("resume over HTTP (API process without a worker) | floor (the recorded SQL through asyncpg) | "
+                 "raw floor (a hand-written superuser transaction of the same writes):")
         c1 = await self.resume_phase("HTTP, 1 client", P["c1"], s.c1_warm, 1, fs(10))
         f1 = await self.floor_phase("floor, 1 client", rec, P["floor_c1"], s.c1_warm, 1)
+        r1 = await self.floor_phase("raw floor, 1 client", raw, P["raw_c1"], s.c1_warm, 1)
         spy = self._spy(self.api.pid, "api-c32") if self.py_spy else None
         try:
             c32 = await self.resume_phase(f"HTTP, {s.concurrency} clients", P["c32"], s.c32_warm, s.concurrency, fs(10))
@@ -516,9 +564,21 @@ class Bench:
             if spy:
                 self._unspy(spy)
         f32 = await self.floor_phase(f"floor, {s.concurrency} clients", rec, P["floor_c32"], s.c32_warm, s.concurrency)
+        r32 = await self.floor_phase(f"raw floor, {s.concurrency} clients", raw, P["raw_c32"], s.c32_warm,
+                                     s.concurrency)
         scale = {}
         for n in s.scale:
             scale[n] = await self.resume_phase(f"HTTP, {n} steps, 1 client", P[f"scale{n}"], s.scale_warm, 1, fs(n))
+        lists = await self.list_phase("GET /runs?project_id=&limit=50", s.lists)
+
+        # As in production: a worker runs the resumed children while resumes keep coming.
+        await self._cancel_queued()
+        self.log("resume over HTTP while a worker drains the resumed runs:")
+        ws = await self._workers(1, notify=True)
+        wc1 = await self.resume_phase("HTTP, 1 client, worker draining", P["worker_c1"], s.c1_warm, 1, fs(10))
+        wc32 = await self.resume_phase(f"HTTP, {s.concurrency} clients, worker draining", P["worker_c32"],
+                                       s.c32_warm, s.concurrency, fs(10))
+        errors = self._stop(ws[0])
 
         pooled = await self.pooler_phase(P["pooler"], s.c1_warm, fs(10))
 
@@ -526,17 +586,37 @@ class Bench:
         self.log("pickup (resume → worker claim):")
         ws = await self._workers(1, notify=True)
         pick = await self.pickup_phase("LISTEN/NOTIFY", P["pickup"], timeout_s=15)
-        errors = self._stop(ws[0])
+        errors += self._stop(ws[0])
         ws = await self._workers(1, notify=False, extra_env={"MESHHOOK_POLL_INTERVAL_S": str(s.poll_interval_s)})
         poll = await self.pickup_phase(f"polling only, every {s.poll_interval_s}s", P["poll"],
                                        timeout_s=15 + s.poll_interval_s * 4)
         errors += self._stop(ws[0])
-        api_errors = self._stop(self.api)
 
         await self._cancel_queued()
         self.log("worker throughput (10-step transform-only runs):")
         t1 = await self.throughput_phase(1)
         t2 = await self.throughput_phase(2)
+
+        # Growth, in the same run (no worker from here on: the other tenants' queue stays deep).
+        await self._cancel_queued()
+        t0 = time.perf_counter()
+        others = await grow_queue(self.conn, self.seed.owner, projects=s.other_projects, queued=s.other_queued)
+        await self._settle()
+        self.log(f"deep queue: {s.other_queued} queued runs of {s.other_projects} other projects "
+                 f"({time.perf_counter() - t0:.1f}s to seed):")
+        P["deep_c1"] = await self.seed.failed_parents(10, s.c1_warm + s.c1, s.fail_at[10])
+        deep = await self.resume_phase("HTTP, 1 client, deep queue", P["deep_c1"], s.c1_warm, 1, fs(10))
+        t0 = time.perf_counter()
+        await grow_history(self.conn, self.seed.owner, others, finished=s.other_finished,
+                           member=self.seed.editors[0], member_of=s.member_of)
+        await self._settle()
+        self.log(f"grown database: + {s.other_finished} finished runs, the resuming user a member of "
+                 f"{s.member_of + 1} projects ({time.perf_counter() - t0:.1f}s to seed and VACUUM ANALYZE):")
+        P["grown_c1"] = await self.seed.failed_parents(10, s.c1_warm + s.c1, s.fail_at[10])
+        # The small-database figure again, next to the grown one, by the same (first) editor.
+        grown = await self.resume_phase("HTTP, 1 client, grown database", P["grown_c1"], s.c1_warm, 1, fs(10))
+        lists_grown = await self.list_phase("GET /runs?project_id=&limit=50, grown database", s.lists)
+        api_errors = self._stop(self.api)
 
         res.update({
             "resume_p50_ms": r(c32["p50_ms"]), "resume_p99_ms": r(c32["p99_ms"]), "resumes_per_s": r(c32["per_s"], 1),
@@ -549,6 +629,22 @@ class Bench:
             "resume_pooler_p50_ms": r(pooled["p50_ms"]), "resume_pooler_p99_ms": r(pooled["p99_ms"]),
             "resume_pooler_direct_p50_ms": r(pooled["direct_p50_ms"]),
             "ratio_resume_pooler_to_direct_p50": r(pooled["p50_ms"] / pooled["direct_p50_ms"]),
+            "resume_worker_c1_p50_ms": r(wc1["p50_ms"]), "resume_worker_c1_p99_ms": r(wc1["p99_ms"]),
+            "resume_worker_p50_ms": r(wc32["p50_ms"]), "resume_worker_p99_ms": r(wc32["p99_ms"]),
+            "resume_worker_per_s": r(wc32["per_s"], 1),
+            "resume_deep_queue_c1_p50_ms": r(deep["p50_ms"]), "resume_deep_queue_c1_p99_ms": r(deep["p99_ms"]),
+            "resume_grown_p50_ms": r(grown["p50_ms"]), "resume_grown_p99_ms": r(grown["p99_ms"]),
+            "ratio_resume_grown_p50": r(grown["p50_ms"] / c1["p50_ms"]),
+            "ratio_resume_grown_p99": r(grown["p99_ms"] / c1["p99_ms"]),
+            "resume_grown_pg_cpu_ms_per_resume": r(grown["pg_cpu_ms"], 3),
+            "resume_deep_queue_pg_cpu_ms_per_resume": r(deep["pg_cpu_ms"], 3),
+            "ratio_resume_grown_pg_cpu": r(grown["pg_cpu_ms"] / c1["pg_cpu_ms"]),
+            "ratio_resume_grown_api_cpu": r(grown["api_cpu_ms"] / c1["api_cpu_ms"]),
+            "resume_c1_pg_cpu_ms_per_resume": r(c1["pg_cpu_ms"], 3),
+            "runs_list_p50_ms": r(lists["p50_ms"]), "runs_list_p99_ms": r(lists["p99_ms"]),
+            "runs_list_grown_p50_ms": r(lists_grown["p50_ms"]), "runs_list_grown_p99_ms": r(lists_grown["p99_ms"]),
+            "grown": {"other_projects": s.other_projects, "other_queued_runs": s.other_queued,
+                      "other_finished_runs": s.other_finished, "memberships_of_resuming_user": s.member_of + 1},
             "pickup_p50_ms": r(pick["p50_ms"]), "pickup_p99_ms": r(pick["p99_ms"]),
             "pickup_from_created_p99_ms": r(pick["created_p99_ms"]),
             "pickup_from_response_p50_ms": r(pick["resp_p50_ms"]), "pickup_from_response_p99_ms": r(pick["resp_p99_ms"]),
@@ -559,9 +655,19 @@ class Bench:
             "floor_resumes_per_s": r(f32["per_s"], 1),
             "floor_resume_c1_p50_ms": r(f1["p50_ms"]), "floor_resume_c1_p99_ms": r(f1["p99_ms"]),
             "floor_round_trips": rec.round_trips,
+            "floor_raw_c1_p50_ms": r(r1["p50_ms"]), "floor_raw_c1_p99_ms": r(r1["p99_ms"]),
+            "floor_raw_p50_ms": r(r32["p50_ms"]), "floor_raw_p99_ms": r(r32["p99_ms"]),
+            "floor_raw_per_s": r(r32["per_s"], 1), "floor_raw_round_trips": raw.round_trips,
+            "floor_raw_pg_cpu_ms_per_resume": r(r32["pg_cpu_ms"], 3),
+            "floor_raw_c1_pg_cpu_ms_per_resume": r(r1["pg_cpu_ms"], 3),
+            "floor_c1_pg_cpu_ms_per_resume": r(f1["pg_cpu_ms"], 3),
             "ratio_resume_p99_to_floor": r(c32["p99_ms"] / f32["p99_ms"]),
             "ratio_resume_c1_p50_to_floor": r(c1["p50_ms"] / f1["p50_ms"]),
             "ratio_floor_to_resume_throughput": r(f32["per_s"] / c32["per_s"]),
+            "ratio_resume_c1_p99_to_floor_raw": r(c1["p99_ms"] / r1["p99_ms"]),
+            "ratio_resume_c1_p50_to_floor_raw": r(c1["p50_ms"] / r1["p50_ms"]),
+            "ratio_floor_c1_p99_to_floor_raw": r(f1["p99_ms"] / r1["p99_ms"]),
+            "ratio_floor_raw_to_resume_throughput": r(r32["per_s"] / c32["per_s"]),
             "resume_client_cpu_share": r(c32["client_cpu"]), "resume_api_cpu_share": r(c32["api_cpu"]),
             "resume_machine_busy_share": r(c32["machine_busy"]),
             "resume_api_cpu_ms_per_resume": r(c32["api_cpu_ms"], 3),
@@ -573,13 +679,33 @@ class Bench:
             "resume_1000_steps_pg_cpu_ms": r(scale[1000]["pg_cpu_ms"], 3),
             "samples": {"resume": c32["n"], "resume_c1": c1["n"], "steps_1000": scale[1000]["n"],
                         "pickup": pick["n"], "pickup_poll_only": poll["n"], "drain_steps": t1["steps"],
-                        "floor": f32["n"]},
+                        "floor": f32["n"], "floor_raw": r32["n"], "resume_worker": wc32["n"],
+                        "resume_grown": grown["n"], "runs_list": lists["n"]},
             "concurrency": s.concurrency,
             "service_env": self.extra_env,
             "errors_logged": {"api": api_errors, "api_pooler": pooled["errors"], "pickup_workers": errors, "workers_1": t1["errors"],
                               "workers_2": t2["errors"]},
         })
+        res["targets"] = targets(res)
         return res
+
+
+# DESIGN §8, as (key, comparison, bound); `met` is recorded for each in results.json.
+TARGETS = [
+    ("resume_c1_p50_ms", "<=", 3.0), ("resume_c1_p99_ms", "<=", 8.0), ("resumes_per_s", ">=", 500.0),
+    ("resume_1000_steps_p99_ms", "<=", 100.0), ("pickup_p99_ms", "<=", 5.0),
+    ("ratio_resume_grown_p50", "<=", 1.25), ("ratio_resume_grown_p99", "<=", 1.5),
+    ("ratio_resume_c1_p99_to_floor_raw", "<=", 1.5), ("worker_steps_per_s_1", ">=", 1000.0),
+]
+
+
+def targets(res: dict) -> dict:
+    out = {}
+    for key, op, bound in TARGETS:
+        v = res.get(key)
+        ok = isinstance(v, (int, float)) and (v <= bound if op == "<=" else v >= bound)
+        out[key] = {"value": v, "target": f"{op} {bound:g}", "met": bool(ok)}
+    return out
 
 
 async def run_bench(sizes: Sizes, log=print, py_spy: Path | None = None,

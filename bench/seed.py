@@ -108,3 +108,73 @@ class Seeder:
             await self.conn.execute("select pg_notify('meshhook_runs', $1)", str(ids[0]))
             t0 = await self.conn.fetchval("select extract(epoch from clock_timestamp())::float8")
         return ids, t0
+
+
+async def grow_queue(conn: asyncpg.Connection, owner: uuid.UUID, *, projects: int, queued: int) -> list[uuid.UUID]:
+    """Other tenants: `projects` projects with 5 members and a 10-step workflow each, and `queued`
+    queued runs (with their pending steps) spread over them, none of which any worker will run
+    while the benchmark measures. Bulk SQL with triggers off (session_replication_role = replica),
+    so the owner rows the projects trigger would add are written here. Returns the project ids."""
+    ids = [uuid.uuid4() for _ in range(projects)]
+    definition = linear_definition(10)
+    async with conn.transaction():
+        await conn.execute("set local session_replication_role = replica")
+        await conn.execute(
+            "insert into projects (id, name, created_by) select p, 'other', $2 from unnest($1::uuid[]) as p",
+            ids, owner)
+        await conn.execute(
+            "insert into project_members (project_id, user_id, role)"
+            " select p, case when i = 1 then $2 else gen_random_uuid() end,"
+            "   case when i = 1 then 'owner' else 'editor' end"
+            " from unnest($1::uuid[]) as p cross join generate_series(1, 5) as i", ids, owner)
+        await conn.execute(
+            "insert into workflows (id, project_id, slug, name, webhook_secret_nonce, webhook_secret_ct,"
+            " latest_version, created_by)"
+            " select p, p, 'linear-10', 'linear-10', '\\x00'::bytea, '\\x00'::bytea, 1, $2 from unnest($1::uuid[]) as p",
+            ids, owner)  # each project's one workflow shares its id (ids are unique per table)
+        await conn.execute(
+            "insert into workflow_versions (workflow_id, project_id, version, definition, created_by)"
+            " select p, p, 1, $2, $3 from unnest($1::uuid[]) as p", ids, definition, owner)
+        await conn.execute(
+            "with r as ("
+            "  insert into runs (id, project_id, workflow_id, workflow_version, status, trigger, input, root_run_id,"
+            "                    created_by, created_at)"
+            "  select x.id, x.p, x.p, 1, 'queued', 'api', $3, x.id, $4, clock_timestamp() - interval '1 minute'"
+            "  from (select gen_random_uuid() as id, ($1::uuid[])[1 + (i % cardinality($1::uuid[]))] as p"
+            "        from generate_series(1, $2) as i) x"
+            "  returning id, project_id)"
+            " insert into step_runs (id, run_id, project_id, step_key, step_type, position, status)"
+            " select gen_random_uuid(), r.id, r.project_id, 's' || i,"
+            "   case when i = 1 then 'webhook' else 'transform' end, i - 1, 'pending'"
+            " from r cross join generate_series(1, 10) as i", ids, queued, INPUT, owner)
+    return ids
+
+
+async def grow_history(conn: asyncpg.Connection, owner: uuid.UUID, projects: list[uuid.UUID], *, finished: int,
+                       member: uuid.UUID, member_of: int) -> None:
+    """`finished` succeeded 10-step runs (with their steps and a run_succeeded event) spread over
+    `projects`, created over the past 30 days; `member` becomes a viewer of `member_of` of them."""
+    async with conn.transaction():
+        await conn.execute("set local session_replication_role = replica")
+        await conn.execute(
+            "insert into project_members (project_id, user_id, role) select p, $2, 'viewer'"
+            " from unnest($1::uuid[]) as p", projects[:member_of], member)
+        await conn.execute(
+            "insert into runs (id, project_id, workflow_id, workflow_version, status, trigger, input, root_run_id,"
+            " created_by, created_at, started_at, finished_at, updated_at)"
+            " select x.id, x.p, x.p, 1, 'succeeded', 'api', $3, x.id, $4, x.at, x.at, x.at, x.at"
+            " from (select gen_random_uuid() as id, ($1::uuid[])[1 + (i % cardinality($1::uuid[]))] as p,"
+            "              clock_timestamp() - interval '1 hour' - random() * interval '30 days' as at"
+            "       from generate_series(1, $2) as i) x", projects, finished, INPUT, owner)
+        await conn.execute(
+            "insert into step_runs (id, run_id, project_id, step_key, step_type, position, status, attempt, output,"
+            " attempts, started_at, finished_at)"
+            " select gen_random_uuid(), r.id, r.project_id, 's' || i,"
+            "   case when i = 1 then 'webhook' else 'transform' end, i - 1, 'succeeded', 1, $2::jsonb,"
+            "   '[{\"attempt\": 1}]'::jsonb, r.finished_at, r.finished_at"
+            " from runs r cross join generate_series(1, 10) as i"
+            " where r.project_id = any($1::uuid[]) and r.status = 'succeeded'", projects, INPUT)
+        await conn.execute(
+            "insert into run_events (run_id, project_id, type, at)"
+            " select id, project_id, 'run_succeeded', finished_at from runs"
+            " where project_id = any($1::uuid[]) and status = 'succeeded'", projects)

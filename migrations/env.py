@@ -21,9 +21,25 @@ def _url() -> str:
 
 
 def _run(connection) -> None:
-    context.configure(connection=connection, target_metadata=None, transaction_per_migration=True)
+    applied: list[bool] = []
+    context.configure(connection=connection, target_metadata=None, transaction_per_migration=True,
+                      on_version_apply=lambda *, step, **_: applied.append(step.is_upgrade))
     with context.begin_transaction():
         context.run_migrations()
+    config.attributes["upgraded"] = any(applied)
+
+
+# After an upgrade, fresh planner statistics for every table in `public`: a migration can add
+# indexes and rewrite policies, and plans chosen from statistics taken before (or from none, on a
+# database that grew by bulk load) can be badly wrong (issue 17 saw resume p50 reach 599 ms).
+# Autovacuum keeps them fresh afterwards (migration 0003 makes it analyze the run tables sooner).
+_ANALYZE = """
+do $$ declare t record; begin
+  for t in select schemaname, tablename from pg_tables where schemaname = 'public' loop
+    execute format('analyze %I.%I', t.schemaname, t.tablename);
+  end loop;
+end $$
+"""
 
 
 async def _main() -> None:
@@ -33,6 +49,9 @@ async def _main() -> None:
     async with engine.connect() as conn:
         await conn.run_sync(_run)
         await conn.commit()
+        if config.attributes.get("upgraded"):
+            raw = await conn.get_raw_connection()
+            await raw.driver_connection.execute(_ANALYZE)  # simple protocol, outside any transaction
     await engine.dispose()
 
 

@@ -21,6 +21,7 @@ import orjson
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from app.db.engine import Database
+from app.db.ids import new_id
 from app.errors import Conflict, Unauthorized, Unprocessable
 from app.runs.repository import RunRepository
 from app.runs.service import pending_rows
@@ -96,7 +97,7 @@ async def accept_hook(db: Database, cipher: Cipher, wf_id: uuid.UUID, body: byte
         dag = await dag_cache.get(tx, wf_id, wf["latest_version"])
         if dag is None:
             raise Conflict("The workflow's latest version cannot be loaded.")
-        run_id = uuid.uuid4()
+        run_id = new_id()
         try:
             await repo.insert_run(run_id=run_id, project_id=wf["project_id"], workflow_id=wf_id,
                                   version=wf["latest_version"], trigger="webhook", input=payload,

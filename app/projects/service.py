@@ -5,6 +5,7 @@ import uuid
 
 from app.auth.jwt import User
 from app.db.engine import Tx
+from app.db.ids import new_id
 from app.errors import Forbidden, NotFound, Unprocessable
 from app.projects.repository import ProjectRepository
 
@@ -30,7 +31,7 @@ def check_role(role: str | None, min_role: str, what: str) -> None:
 
 async def create_project(tx: Tx, user: User, name: str):
     repo = ProjectRepository(tx)
-    project_id = uuid.uuid4()
+    project_id = new_id()
     await repo.create(project_id, name, user.id)
     return await repo.get_for_member(project_id)
 

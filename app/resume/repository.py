@@ -29,13 +29,13 @@ class IdempotencyRepository:
             user_id, scope, key, request_hash, status_code, response)
 
 
-# The parent, locked, with its step statuses and any active child, in one round trip. The lock
-# serializes concurrent resumes of a run; the unique index uq_runs_one_active_child backs it up.
+# The parent, locked, with its step statuses, in one round trip. The lock serializes concurrent
+# resumes of a run. "One active child per parent" is left to the unique index
+# uq_runs_one_active_child (the write fails, the service answers 409 with the child's id): a
+# lookup here cost 1.6-3.5 ms per resume and grew with every tenant's queue depth (issue 17).
 _LOCK_PARENT = """
 select r.id, r.project_id, r.workflow_id, r.workflow_version, r.status, r.input, r.root_run_id,
-       coalesce(st.keys, '{}') as step_keys, coalesce(st.statuses, '{}') as step_statuses,
-       (select c.id from runs c where c.parent_run_id = r.id and c.status in ('queued', 'running') limit 1)
-         as active_child
+       coalesce(st.keys, '{}') as step_keys, coalesce(st.statuses, '{}') as step_statuses
 from runs r
 cross join lateral (select array_agg(s.step_key) as keys, array_agg(s.status) as statuses
                     from step_runs s where s.run_id = r.id) st
@@ -45,14 +45,20 @@ where r.id = $1 for update of r
 # Everything a resume writes, in one statement: the run, its pending steps, the reused steps
 # copied with identical outputs, the steps given a manual output (§10.2), the events on child and
 # parent, the audit row and the wake-up.
-# --- resume2 (§10.1/§10.2): `p`/`ok` guard the insert. Under the lineage lock taken by _OPEN, this
-# statement's snapshot is the truth: the parent must not be resolved (unless "rerun": true) and no run of
-# its matter (the subtree of its head) may be queued or running. When the guard fails nothing is written
-# (every insert reads from `r`) and the service reports why with _LINEAGE_CONFLICT. The child records
-# `rerun`, its `ancestors` and its head: itself when it re-opens a finished matter (a re-run of a
-# succeeded or resolved run), else the parent's head.
+# Guard (§10.1): `p`/`ok` guard the insert. Under the lineage lock taken by _OPEN, this statement's
+# snapshot is the truth: the parent must not be resolved (unless "rerun": true) and no run of its matter
+# (the subtree of its head) may be queued or running. When the guard fails nothing is written (every
+# insert reads from `ok`), the statement returns no row, and the service reports why with
+# _LINEAGE_CONFLICT. The child records `rerun`, its `ancestors` and its head: itself when it re-opens a
+# finished matter (a re-run of a succeeded or resolved run), else the parent's head.
+# Speed (issue 17): step ids are time-ordered (meshhook_uuidv7(), migration 0003) so they land on the
+# right edge of the step_runs primary key, and nothing is RETURNING: a RETURNING clause makes every
+# returned row pass the table's SELECT policy as well; the 202 body is built from `t`, `src` and `ovs`
+# (the copied steps' values are the source rows' values).
 _WRITE_RESUME = """
-with p as (
+with t as (
+  select clock_timestamp() as created_at
+), p as (
   select pr.id, coalesce(pr.head_run_id, pr.id) as head, pr.ancestors, pr.resolved_by, pr.status
   from runs pr where pr.id = $6::uuid
 ), ok as (
@@ -62,48 +68,59 @@ with p as (
                       and (x.id = p.head or p.head = any(x.ancestors)))
 ), r as (
   insert into runs (id, project_id, workflow_id, workflow_version, status, trigger, input, parent_run_id,
-                    root_run_id, resumed_from_step, resume_reason, created_by, rerun, ancestors, head_run_id)
+                    root_run_id, resumed_from_step, resume_reason, created_by, created_at, rerun, ancestors,
+                    head_run_id)
   select $1::uuid, $2::uuid, $3, $4, 'queued', 'resume', $5, $6::uuid, $7::uuid, $8::text, $9::text, $10::uuid,
-         $23::boolean, ok.ancestors || ok.id,
+         t.created_at, $23::boolean, ok.ancestors || ok.id,
          case when $23::boolean and (ok.status = 'succeeded' or ok.resolved_by is not null) then $1::uuid else ok.head end
-  from ok
-  returning created_at
+  from ok cross join t
 ), pend as (
   insert into step_runs (id, run_id, project_id, step_key, step_type, position, status)
-  select gen_random_uuid(), $1::uuid, $2::uuid, u.k, u.t, u.p, 'pending'
-  from r cross join unnest($11::text[], $12::text[], $13::int[]) as u(k, t, p)
+  select meshhook_uuidv7(), $1::uuid, $2::uuid, u.k, u.t, u.p, 'pending'
+  from ok cross join unnest($11::text[], $12::text[], $13::int[]) as u(k, t, p)
+), src as materialized (
+  select s.project_id, s.step_key, s.step_type, u.p as position, s.attempt, s.input, s.output, s.output_truncated,
+         s.attempts, s.started_at, s.finished_at, s.id as reused_from
+  from ok cross join step_runs s join unnest($14::text[], $15::int[]) as u(k, p) on u.k = s.step_key
+  where s.run_id = $6::uuid
 ), cp as (
   insert into step_runs (id, run_id, project_id, step_key, step_type, position, status, attempt, input, output,
                          output_truncated, attempts, started_at, finished_at, reused_from)
-  select gen_random_uuid(), $1::uuid, s.project_id, s.step_key, s.step_type, u.p, 'succeeded', s.attempt, s.input,
-         s.output, s.output_truncated, s.attempts, s.started_at, s.finished_at, s.id
-  from r cross join step_runs s join unnest($14::text[], $15::int[]) as u(k, p) on u.k = s.step_key
-  where s.run_id = $6::uuid
-  returning id, step_key, step_type, position, status, attempt, input, output, output_truncated, error,
-            started_at, finished_at, reused_from, override
+  select meshhook_uuidv7(), $1::uuid, src.project_id, src.step_key, src.step_type, src.position, 'succeeded',
+         src.attempt, src.input, src.output, src.output_truncated, src.attempts, src.started_at, src.finished_at,
+         src.reused_from
+  from src
+), ovs as materialized (
+  select u.k, u.t, u.p, u.o::jsonb as o,
+         jsonb_build_object('by', $10::text, 'at', t.created_at, 'reason', $9::text) as override
+  from ok cross join t cross join unnest($24::text[], $25::text[], $26::int[], $27::text[]) as u(k, t, p, o)
 ), ov as (
   insert into step_runs (id, run_id, project_id, step_key, step_type, position, status, attempt, output,
                          finished_at, override)
-  select gen_random_uuid(), $1::uuid, $2::uuid, u.k, u.t, u.p, 'succeeded', 0, u.o::jsonb, r.created_at,
-         jsonb_build_object('by', $10::text, 'at', r.created_at, 'reason', $9::text)
-  from r cross join unnest($24::text[], $25::text[], $26::int[], $27::text[]) as u(k, t, p, o)
-  returning id, step_key, step_type, position, status, attempt, input, output, output_truncated, error,
-            started_at, finished_at, reused_from, override
+  select meshhook_uuidv7(), $1::uuid, $2::uuid, ovs.k, ovs.t, ovs.p, 'succeeded', 0, ovs.o, t.created_at, ovs.override
+  from ovs cross join t
 ), ev as (
   insert into run_events (run_id, project_id, type, step_key, payload)
-  select e.run_id, $2::uuid, e.type, e.step_key, e.payload from r cross join (values
+  select e.run_id, $2::uuid, e.type, e.step_key, e.payload from ok cross join (values
     ($1::uuid, 'run_queued', null, $16::jsonb), ($1::uuid, 'run_resumed', $8::text, $17::jsonb),
     ($6::uuid, 'run_resumed', $8::text, $18::jsonb)) as e(run_id, type, step_key, payload)
 ), au as (
   insert into audit_log (action, outcome, actor_id, project_id, run_id, step_key, new_run_id, reason, status_code,
                          request_id, ip, user_agent, detail)
   select 'run.resume', 'accepted', $10::uuid, $2::uuid, $6::uuid, $8::text, $1::uuid, $9::text, 202, $19, $20, $21, $22
-  from r
+  from ok
 )
-select r.created_at, n.woke, s.id, s.step_key, s.step_type, s.position, s.status, s.attempt, s.input,
-       s.output, s.output_truncated, s.error, s.started_at, s.finished_at, s.reused_from, s.override
-from r cross join (select pg_notify('meshhook_runs', $1::text) as woke) n
-left join (select * from cp union all select * from ov) s on true
+select t.created_at, n.woke, s.step_key, s.step_type, s.position, s.status, s.attempt, s.input, s.output,
+       s.output_truncated, s.error, s.started_at, s.finished_at, s.reused_from, s.override
+from ok cross join t cross join (select pg_notify('meshhook_runs', $1::text) as woke) n
+left join (select src.step_key, src.step_type, src.position, 'succeeded' as status, src.attempt, src.input,
+                  src.output, src.output_truncated, null::jsonb as error, src.started_at, src.finished_at,
+                  src.reused_from, null::jsonb as override
+           from src
+           union all
+           select ovs.k, ovs.t, ovs.p, 'succeeded', 0, null::jsonb, ovs.o, false, null::jsonb, null::timestamptz,
+                  t2.created_at, null::uuid, ovs.override
+           from ovs cross join t as t2) s on true
 """
 
 # --- resume2 (§10.1): every resume of a lineage (one root) takes this transaction-scoped lock first,

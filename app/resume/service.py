@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from app.audit.repository import AuditRepository
 from app.audit.service import RequestFacts
 from app.auth.jwt import User
+from app.db import ids
 from app.db.engine import Database, Tx
 from app.errors import (
     Conflict,
@@ -208,9 +209,9 @@ async def _resume_tx(tx: Tx, user: User, run_id: uuid.UUID, req: ResumeRequest, 
     role = seen["caller_role"]
     if RANK[role] < RANK["editor"]:
         raise Forbidden(f"Resuming needs the editor or owner role; you are {role}.")
-    # The parent's row lock serializes concurrent resumes of one run. A child committed while we
-    # waited for the lock may be missed by this statement's snapshot; the unique index then refuses
-    # our insert and the caller gets the same 409 (see `resume`).
+    # The parent's row lock serializes concurrent resumes of one run. A parent that already has a
+    # queued or running child is refused by the unique index uq_runs_one_active_child when we write;
+    # the caller gets 409 with the child's id (see `resume`).
     run = await ResumeRepository(tx).lock_parent(run_id)
     scope = f"POST /runs/{run_id}/resume"
     req_hash = request_hash or _hash(req)  # of the body as sent, so a retry matches
@@ -228,7 +229,7 @@ async def _resume_tx(tx: Tx, user: User, run_id: uuid.UUID, req: ResumeRequest, 
                                                        rerun=req.rerun)
     plan, encoded = apply_outputs(plan, new_dag, req.outputs, get_settings().max_output_bytes)
 
-    new_id = uuid.uuid4()
+    new_id = ids.new_id()
     ctx["new_run_id"] = new_id
     reuse = set(plan.reuse)
     positions = {k: i for i, k in enumerate(new_dag.order)}

@@ -22,7 +22,7 @@ with r as (
   returning id
 ), s as (
   insert into step_runs (id, run_id, project_id, step_key, step_type, position, status)
-  select gen_random_uuid(), $1::uuid, $2::uuid, u.k, u.t, u.p, 'pending'
+  select meshhook_uuidv7(), $1::uuid, $2::uuid, u.k, u.t, u.p, 'pending'
   from unnest($9::text[], $10::text[], $11::int[]) as u(k, t, p)
 ), e as (
   insert into run_events (run_id, project_id, type, payload) select id, $2::uuid, 'run_queued', $12::jsonb from r

@@ -12,6 +12,7 @@ import orjson
 
 from app.auth.jwt import User
 from app.db.engine import Tx
+from app.db.ids import new_id
 from app.errors import Conflict, NotFound, Unprocessable
 from app.projects.repository import ProjectRepository
 from app.projects.service import check_role
@@ -40,7 +41,7 @@ async def start_run(tx: Tx, user: User, wf_id: uuid.UUID, input_: dict, version:
     if dag is None:
         raise Unprocessable(f"Workflow version {version} does not exist.",
                             errors=[{"loc": ["body", "version"], "msg": "no such version"}])
-    run_id = uuid.uuid4()
+    run_id = new_id()
     await RunRepository(tx).insert_run(run_id=run_id, project_id=wf["project_id"], workflow_id=wf_id,
                                        version=version, trigger="api", input=input_, created_by=user.id,
                                        pending=pending_rows(dag))

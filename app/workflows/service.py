@@ -9,6 +9,7 @@ from collections import OrderedDict
 
 from app.auth.jwt import User
 from app.db.engine import Tx
+from app.db.ids import new_id
 from app.errors import Conflict, NotFound, Unprocessable
 from app.projects.service import check_role, require_role
 from app.projects.repository import ProjectRepository
@@ -85,7 +86,7 @@ async def create_workflow(tx: Tx, cipher: Cipher, user: User, project_id: uuid.U
     await require_role(tx, project_id, "editor")
     validate_definition(definition)
     repo = WorkflowRepository(tx)
-    wf_id = uuid.uuid4()
+    wf_id = new_id()
     secret = new_webhook_secret()
     nonce, ct = cipher.encrypt(secret, webhook_context(wf_id))
     try:
