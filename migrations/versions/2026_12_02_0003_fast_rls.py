@@ -16,13 +16,13 @@ and however many projects the caller belongs to, and time-ordered ids for new st
 * `meshhook_uuidv7()`: a UUIDv7 (RFC 9562) for rows whose id the database makes (steps).
 
 Revision ID: 0003
-Revises: 0001
+Revises: 0002
 Create Date: 2026-12-02
 """
 from migrations.sqlscript import run_script
 
 revision = "0003"
-down_revision = "0001"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 
