@@ -110,7 +110,8 @@ async def test_the_old_meshhook_headers_are_not_accepted(hook):
     sig = hmac.new(hook.secret.encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest()
     r = await hook.anon.post(hook.url, content=body, headers={"X-MeshHook-Signature": f"sha256={sig}",
                                                               "X-MeshHook-Timestamp": ts,
-                                                              "X-MeshHook-Delivery": "d-1"})
+                                                              "X-MeshHook-Delivery": "d-1",
+                                                                  "Content-Type": "application/json"})
     assert r.status_code == 401 and "webhook-id" in r.json()["detail"]
 
 
