@@ -27,6 +27,7 @@ class Problem(BaseModel):
                                   "workflow definitions)")
     eligible_steps: list[str] | None = Field(default=None, description="409/422 from resume: steps one can resume from")
     active_run_id: str | None = Field(default=None, description="409 from resume: the resumed run already in flight")
+    matched: int | None = Field(default=None, description="422 from bulk resume: how many runs the filter matched")
 
 
 _DESCRIPTIONS = {

@@ -17,6 +17,7 @@ import uuid
 import asyncpg
 import httpx
 
+from app.bulk.runner import BulkRunner
 from app.db.engine import Database, is_db_unavailable
 from app.engine.driver import RunDriver
 from app.engine.repository import EngineRepository
@@ -60,6 +61,7 @@ class Worker:
                        asyncio.create_task(self._heartbeat_loop(), name="heartbeat")]
         if self.notify:
             self._tasks.append(asyncio.create_task(self._listen_loop(), name="listen"))
+        self._tasks.append(asyncio.create_task(BulkRunner(self.settings, self.db.url, self.id, notify=self.notify).run(), name="bulk"))
         self._wake.set()
         log.info("worker started", extra={"worker": self.id, "notify": self.notify,
                                           "concurrency": self.settings.worker_concurrency})

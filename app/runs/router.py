@@ -1,15 +1,11 @@
 """HTTP routes for runs: start, read, list, steps, lineage, events (JSON or SSE), cancel and pause."""
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import time
 import re
 import uuid
 from datetime import datetime
 from typing import Annotated, Literal
 
-import orjson
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from pydantic import BeforeValidator
 from sse_starlette.sse import EventSourceResponse
@@ -18,6 +14,7 @@ from app.api import DbDep, errors_for
 from app.auth.dependencies import CurrentUser
 from app.storable import StorableText
 from app.runs import service
+from app.runs.stream import event_stream
 from app.runs.schemas import EventList, Lineage, RunDetail, RunList, RunStart, StepDetail
 
 router = APIRouter(tags=["runs"])
@@ -103,34 +100,14 @@ async def events(run_id: RunId, request: Request, user: CurrentUser, db: DbDep,
         after = max(after, int(last_event_id))  # the pattern above makes this a safe bigint
     async with db.user_scope(user.claims) as tx:
         first = await service.list_events(tx, run_id, after, 1000)  # also the membership check (404)
-    hub = request.app.state.hub
 
-    async def stream():
-        nonlocal after
-        wake = hub.subscribe(run_id)
-        try:
-            batch = first["items"]
-            while True:
-                done = False
-                for ev in batch:
-                    after = ev["id"]
-                    yield {"id": str(ev["id"]), "event": ev["type"],
-                           "data": orjson.dumps(ev, default=str).decode()}
-                    done = done or ev["type"] in FINAL_EVENTS
-                if done:
-                    return
-                if time.time() > float(user.claims.get("exp", 0)):
-                    return  # the token expired: the client reconnects with a fresh one and Last-Event-ID
-                if len(batch) < 1000:
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(wake.wait(), 5)
-                    wake.clear()
-                async with db.user_scope(user.claims) as tx:
-                    batch = (await service.list_events(tx, run_id, after, 1000))["items"]
-        finally:
-            hub.unsubscribe(run_id, wake)
+    async def read(after_id: int) -> list[dict]:
+        async with db.user_scope(user.claims) as tx:
+            return (await service.list_events(tx, run_id, after_id, 1000))["items"]
 
-    return EventSourceResponse(stream(), ping=request.app.state.settings.sse_ping_s, headers={"Cache-Control": "no-store"})
+    stream = event_stream(request.app.state.hub, run_id, first["items"], after, read,
+                          lambda ev: ev["type"] in FINAL_EVENTS, float(user.claims.get("exp", 0)))
+    return EventSourceResponse(stream, ping=request.app.state.settings.sse_ping_s, headers={"Cache-Control": "no-store"})
 
 
 @router.post("/runs/{run_id}/cancel", status_code=202, response_model=RunDetail, operation_id="runs-cancel",

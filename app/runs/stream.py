@@ -9,30 +9,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
+import orjson
 
 log = logging.getLogger("meshhook.stream")
 CHANNEL = "meshhook_events"
 
 
 class EventHub:
-    def __init__(self, dsn: str):
+    def __init__(self, dsn: str, channel: str = CHANNEL):
         self.dsn = dsn
+        self.channel = channel
         self._subs: dict[str, set[asyncio.Event]] = {}
         self._task: asyncio.Task | None = None
         self._closing = False
         self.connected = asyncio.Event()
 
-    def subscribe(self, run_id: uuid.UUID) -> asyncio.Event:
+    def subscribe(self, run_id: uuid.UUID | str) -> asyncio.Event:
         if self._task is None:
             self._task = asyncio.create_task(self._listen())
         ev = asyncio.Event()
         self._subs.setdefault(str(run_id), set()).add(ev)
         return ev
 
-    def unsubscribe(self, run_id: uuid.UUID, ev: asyncio.Event) -> None:
+    def unsubscribe(self, run_id: uuid.UUID | str, ev: asyncio.Event) -> None:
         subs = self._subs.get(str(run_id))
         if subs is not None:
             subs.discard(ev)
@@ -56,7 +60,7 @@ class EventHub:
                 conn = await asyncpg.connect(self.dsn, timeout=3, server_settings={"application_name": "meshhook-stream"})
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _c: lost.set())
-                await conn.add_listener(CHANNEL, self._on_notify)
+                await conn.add_listener(self.channel, self._on_notify)
                 self.connected.set()
                 backoff = 0.1
                 self._wake_all()  # reconcile: anything committed while we were away is re-read
@@ -88,3 +92,34 @@ class EventHub:
             self._task.cancel()
             with contextlib.suppress(BaseException):
                 await self._task
+
+
+def event_stream(hub: EventHub, key: uuid.UUID, first: list[dict], after: int,
+                 read: Callable[[int], Awaitable[list[dict]]], is_final: Callable[[dict], bool],
+                 expires_at: float) -> AsyncIterator[dict]:
+    """Server-Sent Events of one timeline (a run's, a bulk resume's): `first` (already read, which
+    also checked access), then whatever `read(after)` finds after each wake-up or every 5 s, until an
+    event `is_final` or the caller's token expires (the client reconnects with Last-Event-ID)."""
+
+    async def stream() -> AsyncIterator[dict]:
+        nonlocal after
+        wake = hub.subscribe(key)
+        try:
+            batch = first
+            while True:
+                done = False
+                for ev in batch:
+                    after = ev["id"]
+                    yield {"id": str(ev["id"]), "event": ev["type"], "data": orjson.dumps(ev, default=str).decode()}
+                    done = done or is_final(ev)
+                if done or time.time() > expires_at:
+                    return
+                if len(batch) < 1000:
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(wake.wait(), 5)
+                    wake.clear()
+                batch = await read(after)
+        finally:
+            hub.unsubscribe(key, wake)
+
+    return stream()
