@@ -89,30 +89,24 @@ with f as (
 select status from f
 """
 
-# Cancel: the job becomes `cancelled` and every item not yet handed to a resume is skipped. The
-# job row lock orders this against the worker's start_batch, so an item is either started or
-# skipped, never both.
-_CANCEL = """
-with j as (
-  update bulk_resumes set status = 'cancelled', cancelled_at = clock_timestamp(), updated_at = clock_timestamp()
-  where id = $1 and status = 'running'
-  returning id, project_id, next_position, matched
-), s as (
-  update bulk_resume_items i set outcome = 'skipped', why = $2, finished_at = clock_timestamp()
-  from j where i.bulk_id = j.id and i.position >= j.next_position and i.outcome = 'pending'
+# Cancel, second half (after the job row is updated and locked): every item not yet handed to a
+# resume is skipped, counted, and announced. The job row lock orders this against the worker's
+# start_batch, so an item is either started or skipped, never both.
+_SKIP_NOT_STARTED = """
+with s as (
+  update bulk_resume_items i set outcome = 'skipped', why = $3, finished_at = clock_timestamp()
+  where i.bulk_id = $1 and i.position >= $2 and i.outcome = 'pending'
   returning i.position
 ), c as (
-  update bulk_resumes b set skipped = b.skipped + (select count(*) from s) from j where b.id = j.id
+  update bulk_resumes b set skipped = b.skipped + (select count(*) from s) where b.id = $1
   returning b.id, b.project_id, b.status, b.matched, b.accepted, b.skipped, b.rejected
-), ev as (
-  insert into bulk_resume_events (bulk_id, project_id, type, payload)
-  select id, project_id, 'bulk_progress', jsonb_build_object(
-           'status', status, 'final', false, 'matched', matched, 'accepted', accepted, 'skipped', skipped,
-           'rejected', rejected, 'pending', matched - accepted - skipped - rejected, 'cancelled', true,
-           'items', '[]'::jsonb)
-  from c
 )
-select (select count(*) from s) as skipped_now, (select count(*) from j) as cancelled
+insert into bulk_resume_events (bulk_id, project_id, type, payload)
+select id, project_id, 'bulk_progress', jsonb_build_object(
+         'status', status, 'final', false, 'matched', matched, 'accepted', accepted, 'skipped', skipped,
+         'rejected', rejected, 'pending', matched - accepted - skipped - rejected, 'cancelled', true,
+         'items', '[]'::jsonb)
+from c
 """
 
 
@@ -206,8 +200,14 @@ class BulkRepository:
             " where bulk_id = $1 order by position", bulk_id)
 
     async def cancel(self, bulk_id: uuid.UUID, why: str) -> bool:
-        row = await self.tx.fetchrow(_CANCEL, bulk_id, why)
-        return bool(row and row["cancelled"])
+        """The job becomes `cancelled`; the items it has not handed to a resume yet are skipped."""
+        start = await self.tx.fetchval(
+            "update bulk_resumes set status = 'cancelled', cancelled_at = clock_timestamp(), updated_at = clock_timestamp()"
+            " where id = $1 and status = 'running' returning next_position", bulk_id)
+        if start is None:
+            return False
+        await self.tx.execute(_SKIP_NOT_STARTED, bulk_id, start, why)
+        return True
 
     async def events(self, bulk_id: uuid.UUID, after: int, limit: int):
         return await self.tx.fetch(
