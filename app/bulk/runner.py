@@ -44,11 +44,13 @@ class BulkRunner:
     def __init__(self, settings: Settings, database_url: str, owner: str, *, notify: bool = True):
         self.settings = settings
         self.owner = owner
-        # Its own small pool: pacing stays even while the worker's run drivers are busy, and the other way round.
-        self.db = Database(database_url, pool_size=MAX_IN_FLIGHT // 2 + 1, application_name="meshhook-bulk",
+        # Its own pool, so pacing stays even while the worker's run drivers are busy (and the other way
+        # round), sized to hold every in-flight resume plus the recorder: a connection opened per overflow
+        # costs more than the resume it serves (asyncpg's type introspection, the dialect's set-up).
+        self.db = Database(database_url, pool_size=MAX_IN_FLIGHT + 2, application_name="meshhook-bulk",
                            connect_timeout_s=settings.db_connect_timeout_s,
                            command_timeout_s=settings.db_command_timeout_s)
-        self.hub = EventHub(self.db.dsn, channel=WAKE_CHANNEL)
+        self.hub = EventHub(self.db.dsn, channel=WAKE_CHANNEL, application_name="meshhook-bulk-listener")
         self.jobs: dict[uuid.UUID, asyncio.Task] = {}
         self._wake = self.hub.subscribe(WAKE_PAYLOAD) if notify else asyncio.Event()
 
@@ -128,6 +130,7 @@ class JobDriver:
         self.in_flight: set[asyncio.Task] = set()
         self.results: list[tuple[int, str, uuid.UUID | None, str | None]] = []
         self.next_at = time.monotonic()
+        self.resume_s: list[float] = []  # wall time of each resume call, for the closing log line
         self.lost = False  # the lease went to another worker, or the database is away: stop, settle nothing more
         self.halt: str | None = None  # the job cannot go on (its creator lost the right to resume)
 
@@ -194,10 +197,12 @@ class JobDriver:
         position: int = item["position"]
         try:
             raw = orjson.dumps({"from_step": item["from_step"], **self.body})
+            started = time.perf_counter()
             try:
                 _status, body = await resume(self.db, self.user, run_id, raw, idempotency_key_of(run_id, self.id),
                                              self.facts)
                 self.results.append((position, "accepted", uuid.UUID(str(body["id"])), None))
+                self.resume_s.append(time.perf_counter() - started)
             except DatabaseUnavailable:
                 raise
             except DomainError as exc:
@@ -273,7 +278,10 @@ class JobDriver:
             else:
                 status = await repo.finish(self.id, self.owner, "succeeded")
         if status is not None:
-            log.info("bulk resume finished", extra={"bulk_id": str(self.id), "status": status})
+            lat = sorted(self.resume_s) or [0.0]
+            log.info("bulk resume finished", extra={
+                "bulk_id": str(self.id), "status": status, "resumed_here": len(self.resume_s),
+                "resume_p50_ms": round(lat[len(lat) // 2] * 1000, 2), "resume_p99_ms": round(lat[int(len(lat) * 0.99)] * 1000, 2)})
 
     async def _close(self, flusher: asyncio.Task) -> None:
         """Whatever ended the drive (done, cancelled, lost, crashed): let in-flight resumes end,

@@ -21,9 +21,10 @@ CHANNEL = "meshhook_events"
 
 
 class EventHub:
-    def __init__(self, dsn: str, channel: str = CHANNEL):
+    def __init__(self, dsn: str, channel: str = CHANNEL, application_name: str = "meshhook-stream"):
         self.dsn = dsn
         self.channel = channel
+        self.application_name = application_name
         self._subs: dict[str, set[asyncio.Event]] = {}
         self._task: asyncio.Task | None = None
         self._closing = False
@@ -57,7 +58,7 @@ class EventHub:
         while not self._closing:
             conn = None
             try:
-                conn = await asyncpg.connect(self.dsn, timeout=3, server_settings={"application_name": "meshhook-stream"})
+                conn = await asyncpg.connect(self.dsn, timeout=3, server_settings={"application_name": self.application_name})
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _c: lost.set())
                 await conn.add_listener(self.channel, self._on_notify)
