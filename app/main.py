@@ -97,7 +97,7 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
     from app.workflows.router import router as workflows_router
 
     # bearer_scheme only documents the security scheme (CurrentUser does the checking); hooks are signed instead.
-    for r in (projects_router, workflows_router, runs_router, resume_router, bulk_router, audit_router):
+    for r in (projects_router, workflows_router, runs_router, resume_router, audit_router, bulk_router):
         app.include_router(r, dependencies=[Security(bearer_scheme)])
     app.include_router(hooks_router)
 

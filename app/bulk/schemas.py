@@ -67,9 +67,9 @@ class PlanSummary(BaseModel):
 class BulkItem(BaseModel):
     run_id: uuid.UUID
     outcome: Outcome
-    new_run_id: uuid.UUID | None = None
-    why: str | None = Field(default=None, description="Why the run was (or would be) skipped or rejected")
-    from_step: str | None = Field(default=None, description="The step the run is resumed from")
+    new_run_id: uuid.UUID | None = Field(description="The resumed run, once accepted")
+    why: str | None = Field(description="Why the run was (or would be) skipped or rejected")
+    from_step: str | None = Field(description="The step the run is resumed from (null: it has no eligible step)")
     plan: PlanSummary | None = Field(default=None, description="Dry run only: how many steps would be reused and re-run")
 
 
@@ -93,10 +93,10 @@ class BulkResumeRead(BaseModel):
     pending: int
     created_by: uuid.UUID
     created_at: datetime | None
-    started_at: datetime | None = None
-    cancelled_at: datetime | None = None
-    finished_at: datetime | None
-    error: str | None = None
+    started_at: datetime | None = Field(description="When the first run was handed to a resume")
+    cancelled_at: datetime | None
+    finished_at: datetime | None = Field(description="Set once every run has its outcome (also after a cancel)")
+    error: str | None = Field(description="Why a `failed` job stopped")
     request: dict[str, Any] = Field(description="The request as it was accepted (filter, from_step, workflow_version, "
                                                 "reason, max_per_second)")
     items: list[BulkItem]
