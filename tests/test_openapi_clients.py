@@ -72,3 +72,41 @@ async def test_the_python_client_resumes_a_failed_run(service, keys, world, make
     assert steps["start"]["reused_from"] is not None
     assert steps["charge"]["status"] == "succeeded" and steps["charge"]["reused_from"] is None
     assert [r["status"] for r in world.seen(gate)] == [500, 200]
+
+
+async def test_the_python_client_recovers_runs_after_an_outage_with_one_bulk_resume(service, world, make_client):
+    gate = f"outage-{uuid.uuid4().hex[:8]}"
+    user = make_client()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(EXAMPLES / "python_client.py"), "--base-url", service.url, "--token", user.token,
+        "--timeout", "60", "--outage", "5", "--rate", "50", f"{world.url}/gate/{gate}",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    lines: list[str] = []
+    try:
+        while True:
+            line = (await asyncio.wait_for(proc.stdout.readline(), 120)).decode()
+            assert line, f"the script ended early: {''.join(lines)}{(await proc.stderr.read()).decode()}"
+            lines.append(line)
+            if line.startswith("fix the upstream service"):
+                break
+        assert "5 of 5 runs failed at step 'charge'\n" in lines, lines
+        world.open(gate)
+        proc.stdin.write(b"\n")
+        await proc.stdin.drain()
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    lines += out.decode().splitlines(keepends=True)
+    assert proc.returncode == 0, f"{''.join(lines)}\n{err.decode()}"
+    assert any(ln.startswith("dry run: 5 runs match; 5 would be resumed") for ln in lines), lines
+    summary = json.loads(lines[-1])
+    assert (summary["status"], summary["matched"], summary["accepted"], summary["succeeded"]) == ("succeeded", 5, 5, 5)
+
+    # What the user sees through the API agrees with what the script printed.
+    job = (await user.get(f"/bulk-resumes/{summary['bulk_id']}")).json()
+    assert sorted(i["run_id"] for i in job["items"]) == sorted(summary["runs"])
+    for run_id in summary["runs"]:
+        assert len((await user.run(run_id))["resumed_runs"]) == 1
+    assert [r["status"] for r in world.seen(gate)].count(200) == 5
