@@ -88,3 +88,26 @@ async def test_a_bulk_resume_finishes_after_its_worker_is_killed_with_no_run_res
     assert set(child_status.values()) == {"succeeded"}
     record("bulk_resume_crash", runs=RUNS, kills=KILLS, accepted_at_each_kill=kills, replayed_after_crash=replays,
            resumed_twice=0)
+
+
+async def test_a_worker_that_gets_no_notifications_still_picks_up_a_new_bulk_resume(
+        faults_env, faults_logs, faults_db, make_user, world, procs):
+    tag = f"bulk-poll-{uuid.uuid4().hex[:8]}"
+    procs.append(start_worker(faults_env, faults_logs, "poller", MESHHOOK_NOTIFY_ENABLED="false"))
+    owner = make_user()
+    project = await owner.project("bulk polling")
+    wf = await owner.workflow(project, linear(
+        ("start", "webhook", {}),
+        ("charge", "http_call", {"url": f"{world.url}/gate/{tag}", "retry": {"max_attempts": 1}})))
+    runs = [await owner.start(wf["id"]) for _ in range(3)]
+    assert set((await wait_final(faults_db, runs, 60, "runs")).values()) == {"failed"}
+    world.open(tag)
+    job = (await owner.post(f"/projects/{project}/bulk-resumes",
+                            {"filter": {"workflow_id": wf["id"]}, "reason": "polling", "max_per_second": 100})).json()
+
+    async def finished():
+        j = (await owner.get(f"/bulk-resumes/{job['id']}")).json()
+        return j if j["finished_at"] else None
+
+    final = await support.wait_for(finished, 30, 0.1, "the bulk resume to finish by polling")
+    assert (final["status"], final["accepted"]) == ("succeeded", 3)
