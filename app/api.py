@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Query, Request
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -75,3 +75,9 @@ async def get_cipher(request: Request):
 
 
 CipherDep = Annotated[Cipher, Depends(get_cipher)]
+
+
+# The query and header parameters of every events endpoint (JSON list or SSE stream).
+EventsAfter = Annotated[int, Query(ge=0, le=2**62)]
+EventsLimit = Annotated[int, Query(ge=1, le=1000)]
+LastEventId = Annotated[str | None, Header(pattern=r"^[0-9]{1,18}$", description="Resume the stream after this event id")]

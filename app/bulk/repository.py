@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 
 from app.db.engine import Tx
@@ -110,35 +111,42 @@ from c
 """
 
 
+@dataclass(frozen=True, slots=True)
+class RunMatch:
+    """A bulk resume's filter, resolved: which runs of one workflow it matches."""
+    project_id: uuid.UUID
+    workflow_id: uuid.UUID
+    statuses: list[str]
+    failed_step: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    run_ids: list[uuid.UUID] | None = None
+
+    def args(self) -> tuple:
+        return (self.project_id, self.workflow_id, self.statuses, self.created_after, self.created_before,
+                self.run_ids, self.failed_step)
+
+
+_MATCH = """
+where r.project_id = $1 and r.workflow_id = $2 and r.status = any($3::text[])
+  and ($4::timestamptz is null or r.created_at > $4) and ($5::timestamptz is null or r.created_at < $5)
+  and ($6::uuid[] is null or r.id = any($6::uuid[]))
+  and ($7::text is null or exists (select 1 from step_runs s where s.run_id = r.id and s.step_key = $7
+                                   and s.status = 'failed'))
+"""
+
+
 class BulkRepository:
     def __init__(self, tx: Tx):
         self.tx = tx
 
     # ---- matching (as the caller: RLS decides what is visible) ----------------------------------
-    async def match_runs(self, *, project_id: uuid.UUID, workflow_id: uuid.UUID, statuses: list[str],
-                         failed_step: str | None, created_after: datetime | None, created_before: datetime | None,
-                         run_ids: list[uuid.UUID] | None, limit: int):
-        return await self.tx.fetch(
-            "select r.id, r.workflow_version, r.status from runs r"
-            " where r.project_id = $1 and r.workflow_id = $2 and r.status = any($3::text[])"
-            " and ($4::timestamptz is null or r.created_at > $4) and ($5::timestamptz is null or r.created_at < $5)"
-            " and ($6::uuid[] is null or r.id = any($6::uuid[]))"
-            " and ($7::text is null or exists (select 1 from step_runs s where s.run_id = r.id"
-            "      and s.step_key = $7 and s.status = 'failed'))"
-            " order by r.created_at, r.id limit $8",
-            project_id, workflow_id, statuses, created_after, created_before, run_ids, failed_step, limit)
+    async def match_runs(self, m: RunMatch, limit: int):
+        return await self.tx.fetch(f"select r.id, r.workflow_version, r.status from runs r {_MATCH}"
+                                   " order by r.created_at, r.id limit $8", *m.args(), limit)
 
-    async def count_runs(self, *, project_id: uuid.UUID, workflow_id: uuid.UUID, statuses: list[str],
-                         failed_step: str | None, created_after: datetime | None, created_before: datetime | None,
-                         run_ids: list[uuid.UUID] | None) -> int:
-        return await self.tx.fetchval(
-            "select count(*) from runs r"
-            " where r.project_id = $1 and r.workflow_id = $2 and r.status = any($3::text[])"
-            " and ($4::timestamptz is null or r.created_at > $4) and ($5::timestamptz is null or r.created_at < $5)"
-            " and ($6::uuid[] is null or r.id = any($6::uuid[]))"
-            " and ($7::text is null or exists (select 1 from step_runs s where s.run_id = r.id"
-            "      and s.step_key = $7 and s.status = 'failed'))",
-            project_id, workflow_id, statuses, created_after, created_before, run_ids, failed_step)
+    async def count_runs(self, m: RunMatch) -> int:
+        return await self.tx.fetchval(f"select count(*) from runs r {_MATCH}", *m.args())
 
     async def step_statuses(self, run_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, str]]:
         rows = await self.tx.fetch(

@@ -5,11 +5,11 @@ import uuid
 from typing import Annotated
 
 import orjson
-from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi import APIRouter, Header, Path, Request
 from fastapi.responses import Response
 from sse_starlette.sse import EventSourceResponse
 
-from app.api import DbDep, errors_for
+from app.api import DbDep, EventsAfter, EventsLimit, LastEventId, errors_for
 from app.audit.service import RequestFacts
 from app.auth.dependencies import CurrentUser
 from app.bulk import service
@@ -82,11 +82,8 @@ async def cancel(bulk_id: BulkId, request: Request, user: CurrentUser, db: DbDep
                         "`Last-Event-ID` (or `after`), then streams new ones as they commit, and ends after the "
                         "event with `final: true`.",
             responses=errors_for(401, 404, 422, 503) | {200: {"content": {"text/event-stream": {}}}})
-async def events(bulk_id: BulkId, request: Request, user: CurrentUser, db: DbDep,
-                 after: Annotated[int, Query(ge=0, le=2**62)] = 0,
-                 limit: Annotated[int, Query(ge=1, le=1000)] = 500,
-                 last_event_id: Annotated[str | None, Header(pattern=r"^[0-9]{1,18}$",
-                                                             description="Resume the stream after this event id")] = None):
+async def events(bulk_id: BulkId, request: Request, user: CurrentUser, db: DbDep, after: EventsAfter = 0,
+                 limit: EventsLimit = 500, last_event_id: LastEventId = None):
     if "text/event-stream" not in request.headers.get("accept", ""):
         async with db.user_scope(user.claims) as tx:
             return _json(200, await service.list_events(tx, bulk_id, after, limit))

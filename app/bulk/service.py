@@ -12,7 +12,7 @@ import orjson
 from app.audit.repository import AuditRepository
 from app.audit.service import RequestFacts
 from app.auth.jwt import User
-from app.bulk.repository import BulkRepository
+from app.bulk.repository import BulkRepository, RunMatch
 from app.bulk.schemas import MAX_MATCHED, BulkResumeCreate
 from app.db.engine import Tx
 from app.errors import Conflict, NotFound, Unprocessable
@@ -124,12 +124,11 @@ async def create(tx: Tx, user: User, project_id: uuid.UUID, body: BulkResumeCrea
     if f.created_after and f.created_before and f.created_after >= f.created_before:
         raise Unprocessable("created_after must be before created_before.",
                             errors=[{"loc": ["body", "filter", "created_before"], "msg": "not after created_after"}])
-    criteria = dict(project_id=project_id, workflow_id=f.workflow_id, statuses=f.status or DEFAULT_STATUSES,
-                    failed_step=f.failed_step, created_after=f.created_after, created_before=f.created_before,
-                    run_ids=f.run_ids)
-    runs = await repo.match_runs(**criteria, limit=MAX_MATCHED + 1)
+    criteria = RunMatch(project_id, f.workflow_id, list(f.status or DEFAULT_STATUSES), f.failed_step,
+                        f.created_after, f.created_before, f.run_ids)
+    runs = await repo.match_runs(criteria, MAX_MATCHED + 1)
     if len(runs) > MAX_MATCHED:
-        total = await repo.count_runs(**criteria)
+        total = await repo.count_runs(criteria)
         raise Unprocessable(f"The filter matches {total} runs; a bulk resume takes at most {MAX_MATCHED}. "
                             "Narrow it (status, failed_step, created_after/created_before or run_ids).",
                             matched=total, errors=[{"loc": ["body", "filter"], "msg": f"matches {total} runs"}])

@@ -6,11 +6,11 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import BeforeValidator
 from sse_starlette.sse import EventSourceResponse
 
-from app.api import DbDep, errors_for
+from app.api import DbDep, EventsAfter, EventsLimit, LastEventId, errors_for
 from app.auth.dependencies import CurrentUser
 from app.storable import StorableText
 from app.runs import service
@@ -88,11 +88,8 @@ async def lineage(run_id: RunId, user: CurrentUser, db: DbDep):
                         "(or `after`), then streams new ones as they commit, with a heartbeat comment every "
                         "15 s, and ends after the run reaches succeeded, failed or cancelled.",
             responses=errors_for(401, 404, 422, 503) | {200: {"content": {"text/event-stream": {}}}})
-async def events(run_id: RunId, request: Request, user: CurrentUser, db: DbDep,
-                 after: Annotated[int, Query(ge=0, le=2**62)] = 0,
-                 limit: Annotated[int, Query(ge=1, le=1000)] = 500,
-                 last_event_id: Annotated[str | None, Header(pattern=r"^[0-9]{1,18}$",
-                                                             description="Resume the stream after this event id")] = None):
+async def events(run_id: RunId, request: Request, user: CurrentUser, db: DbDep, after: EventsAfter = 0,
+                 limit: EventsLimit = 500, last_event_id: LastEventId = None):
     if "text/event-stream" not in request.headers.get("accept", ""):
         async with db.user_scope(user.claims) as tx:
             return await service.list_events(tx, run_id, after, limit)
