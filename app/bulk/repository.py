@@ -202,10 +202,10 @@ class BulkRepository:
     async def get(self, bulk_id: uuid.UUID):
         return await self.tx.fetchrow(f"select {JOB_COLUMNS} from bulk_resumes where id = $1", bulk_id)
 
-    async def items(self, bulk_id: uuid.UUID):
+    async def items(self, bulk_id: uuid.UUID, outcome: str | None = None):
         return await self.tx.fetch(
             "select position, run_id, from_step, outcome, new_run_id, why from bulk_resume_items"
-            " where bulk_id = $1 order by position", bulk_id)
+            " where bulk_id = $1 and ($2::text is null or outcome = $2) order by position", bulk_id, outcome)
 
     async def cancel(self, bulk_id: uuid.UUID, why: str) -> bool:
         """The job becomes `cancelled`; the items it has not handed to a resume yet are skipped."""

@@ -5,7 +5,7 @@ import uuid
 from typing import Annotated
 
 import orjson
-from fastapi import APIRouter, Header, Path, Request
+from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import Response
 from sse_starlette.sse import EventSourceResponse
 
@@ -13,7 +13,7 @@ from app.api import DbDep, EventsAfter, EventsLimit, LastEventId, errors_for
 from app.audit.service import RequestFacts
 from app.auth.dependencies import CurrentUser
 from app.bulk import service
-from app.bulk.schemas import BulkEventList, BulkResumeCreate, BulkResumeRead
+from app.bulk.schemas import BulkEventList, BulkResumeCreate, BulkResumeRead, Outcome
 from app.runs.stream import event_stream
 
 router = APIRouter(tags=["bulk-resume"])
@@ -58,9 +58,10 @@ async def create(project_id: Annotated[uuid.UUID, Path()], body: BulkResumeCreat
 
 @router.get("/bulk-resumes/{bulk_id}", response_model=BulkResumeRead, operation_id="bulk-resumes-get",
             summary="A bulk resume's progress and the outcome of every run", responses=errors_for(401, 404, 422, 503))
-async def get(bulk_id: BulkId, user: CurrentUser, db: DbDep):
+async def get(bulk_id: BulkId, user: CurrentUser, db: DbDep,
+              outcome: Annotated[Outcome | None, Query(description="Only the items with this outcome")] = None):
     async with db.user_scope(user.claims) as tx:
-        return _json(200, await service.get(tx, bulk_id))
+        return _json(200, await service.get(tx, bulk_id, outcome))
 
 
 @router.post("/bulk-resumes/{bulk_id}/cancel", status_code=202, response_model=BulkResumeRead,

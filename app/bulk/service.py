@@ -219,9 +219,9 @@ async def job_for(tx: Tx, bulk_id: uuid.UUID, min_role: str):
     return job
 
 
-async def get(tx: Tx, bulk_id: uuid.UUID) -> dict:
+async def get(tx: Tx, bulk_id: uuid.UUID, outcome: str | None = None) -> dict:
     job = await job_for(tx, bulk_id, "viewer")
-    return job_view(job, [_item(r) for r in await BulkRepository(tx).items(bulk_id)])
+    return job_view(job, [_item(r) for r in await BulkRepository(tx).items(bulk_id, outcome)])
 
 
 async def cancel(tx: Tx, user: User, bulk_id: uuid.UUID, facts: RequestFacts) -> dict:
