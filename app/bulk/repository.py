@@ -166,33 +166,35 @@ class BulkRepository:
                          request_hash: str, idempotency_key: str | None, max_per_second: int,
                          created_by: uuid.UUID, request_id: str | None, ip: str | None,
                          run_ids: list[uuid.UUID], from_steps: list[str | None]) -> bool:
-        """The job, its items, its first progress event and the workers' wake-up, in one statement.
-        False when a job with the same Idempotency-Key already exists (a concurrent twin)."""
+        """The job, then (in a second statement, so that the items' policy sees the job is the caller's)
+        its items, its first progress event and the workers' wake-up. False when a job with the same
+        Idempotency-Key already exists (a concurrent twin)."""
         matched = len(run_ids)
         done = matched == 0
-        row = await self.tx.fetchrow(
-            "with j as ("
-            "  insert into bulk_resumes (id, project_id, workflow_id, status, request, request_hash, idempotency_key,"
-            "    max_per_second, matched, created_by, request_id, ip, finished_at)"
-            "  values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,"
-            "          case when $4 = 'succeeded' then clock_timestamp() end)"
-            "  on conflict (created_by, idempotency_key) where idempotency_key is not null do nothing"
-            "  returning id"
-            "), i as ("
+        inserted = await self.tx.fetchval(
+            "insert into bulk_resumes (id, project_id, workflow_id, status, request, request_hash, idempotency_key,"
+            "  max_per_second, matched, created_by, request_id, ip, finished_at)"
+            " values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, case when $13 then clock_timestamp() end)"
+            " on conflict (created_by, idempotency_key) where idempotency_key is not null do nothing"
+            " returning id",
+            bulk_id, project_id, workflow_id, "succeeded" if done else "running", request, request_hash,
+            idempotency_key, max_per_second, matched, created_by, request_id, ip, done)
+        if inserted is None:
+            return False
+        await self.tx.execute(
+            "with i as ("
             "  insert into bulk_resume_items (bulk_id, position, project_id, run_id, from_step)"
-            "  select j.id, u.ord - 1, $2, u.run_id, u.from_step from j,"
-            "    unnest($13::uuid[], $14::text[]) with ordinality as u(run_id, from_step, ord)"
+            "  select $1, u.ord - 1, $2, u.run_id, u.from_step"
+            "  from unnest($3::uuid[], $4::text[]) with ordinality as u(run_id, from_step, ord)"
             "), e as ("
             "  insert into bulk_resume_events (bulk_id, project_id, type, payload)"
-            "  select j.id, $2, 'bulk_progress', jsonb_build_object('status', $4::text, 'final', $15::boolean,"
-            "    'matched', $9::int, 'accepted', 0, 'skipped', 0, 'rejected', 0, 'pending', $9::int,"
-            "    'items', '[]'::jsonb) from j"
+            "  values ($1, $2, 'bulk_progress', jsonb_build_object('status', $5::text, 'final', $6::boolean,"
+            "    'matched', $7::int, 'accepted', 0, 'skipped', 0, 'rejected', 0, 'pending', $7::int, 'items', '[]'::jsonb))"
             ")"
-            " select j.id, pg_notify($16, $17) from j",
-            bulk_id, project_id, workflow_id, "succeeded" if done else "running", request, request_hash,
-            idempotency_key, max_per_second, matched, created_by, request_id, ip, run_ids, from_steps, done,
+            " select pg_notify($8, $9)",
+            bulk_id, project_id, run_ids, from_steps, "succeeded" if done else "running", done, matched,
             WAKE_CHANNEL, WAKE_PAYLOAD)
-        return row is not None
+        return True
 
     async def get_with_role(self, bulk_id: uuid.UUID):
         return await self.tx.fetchrow(

@@ -103,8 +103,10 @@ create policy bulk_resumes_update on bulk_resumes for update to authenticated
 
 create policy bulk_items_select on bulk_resume_items for select to authenticated
   using (meshhook_has_role(project_id, 'viewer'));
+-- Items only into one's own job: the worker resumes them as the job's creator.
 create policy bulk_items_insert on bulk_resume_items for insert to authenticated
-  with check (meshhook_has_role(project_id, 'editor'));
+  with check (meshhook_has_role(project_id, 'editor')
+              and exists (select 1 from bulk_resumes b where b.id = bulk_id and b.created_by = (select auth.uid())));
 create policy bulk_items_update on bulk_resume_items for update to authenticated
   using (meshhook_has_role(project_id, 'editor')) with check (meshhook_has_role(project_id, 'editor'));
 
