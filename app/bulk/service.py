@@ -148,6 +148,10 @@ async def create(tx: Tx, user: User, project_id: uuid.UUID, body: BulkResumeCrea
     if body.from_step is not None and not any(body.from_step in d.steps for d in dags.values()):
         raise Unprocessable(f"The workflow has no step {body.from_step!r}.",
                             errors=[{"loc": ["body", "from_step"], "msg": "unknown step"}])
+    if not runs and f.failed_step is not None and not any(f.failed_step in d.steps for d in dags.values()):
+        # A typo would otherwise match nothing, silently (when runs match, the step exists in their version).
+        raise Unprocessable(f"The workflow has no step {f.failed_step!r}.",
+                            errors=[{"loc": ["body", "filter", "failed_step"], "msg": "unknown step"}])
 
     run_ids = [r["id"] for r in runs]
     statuses = await repo.step_statuses(run_ids) if (body.from_step is None or body.dry_run) and run_ids else {}

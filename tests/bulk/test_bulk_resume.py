@@ -252,6 +252,7 @@ async def test_bad_input_gets_a_clear_422(owner, world, db):
         ({**ok, "filter": {}}, ["body", "filter", "workflow_id"]),
         ({**ok, "filter": {"workflow_id": other["id"]}}, ["body", "filter", "workflow_id"]),
         ({**ok, "from_step": "nope"}, ["body", "from_step"]),
+        ({**ok, "filter": {"workflow_id": wf["id"], "failed_step": "chrage"}}, ["body", "filter", "failed_step"]),
         ({**ok, "max_per_second": 0}, ["body", "max_per_second"]),
         ({**ok, "max_per_second": 1001}, ["body", "max_per_second"]),
         ({**ok, "max_per_second": 2.5}, ["body", "max_per_second"]),
