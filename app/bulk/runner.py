@@ -40,6 +40,13 @@ FLUSH_S = 0.1  # outcomes are written (with a progress event) this often
 MAX_CRASHES = 3
 
 
+Outcome = tuple[int, str, uuid.UUID | None, str | None]  # position, outcome, new run, why
+
+
+def _columns(rows: list[Outcome]) -> tuple[list, list, list, list]:
+    return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows]
+
+
 class BulkRunner:
     def __init__(self, settings: Settings, database_url: str, owner: str, *, notify: bool = True):
         self.settings = settings
@@ -128,7 +135,7 @@ class JobDriver:
         self.body = {"workflow_version": request.get("workflow_version", "original"), "reason": request.get("reason")}
         self.slots = asyncio.Semaphore(min(MAX_IN_FLIGHT, max(2, math.ceil(self.rate / 50))))
         self.in_flight: set[asyncio.Task] = set()
-        self.results: list[tuple[int, str, uuid.UUID | None, str | None]] = []
+        self.results: list[Outcome] = []
         self.next_at = time.monotonic()
         self.resume_s: list[float] = []  # wall time of each resume call, for the closing log line
         self.lost = False  # the lease went to another worker, or the database is away: stop, settle nothing more
@@ -137,21 +144,19 @@ class JobDriver:
     async def drive(self) -> None:
         flusher = asyncio.create_task(self._flush_loop())
         try:
-            # Items handed out before but never settled (a worker died or lost the lease): replayed
-            # with their keys, without the skip check, since their own earlier resume may be the
-            # descendant that check would find.
+            # Items handed to a resume before but never settled (a worker died or lost the lease): their
+            # resume is called again with the same key, so one that committed is answered again.
             async with self.db.service_scope() as tx:
                 leftovers = await BulkRepository(tx).unsettled_started_items(self.id)
-            await self._dispatch(leftovers, check_descendants=False)
+            await self._dispatch(leftovers)
             batch = max(1, math.ceil(self.rate * BATCH_S))
             while not self.lost and self.halt is None and self.pos < self.matched:
                 end = min(self.pos + batch, self.matched)
-                async with self.db.service_scope() as tx:
-                    items = await BulkRepository(tx).start_batch(self.id, self.owner, self.pos, end)
-                if not items:
+                started, todo = await self._start_batch(end)
+                if not started:
                     break  # cancelled, or the lease is no longer ours
                 self.pos = end
-                await self._dispatch(items, check_descendants=True)
+                await self._dispatch(todo)
             await self._settle()
             if not self.lost:
                 await self._finish()
@@ -159,25 +164,36 @@ class JobDriver:
             await self._close(flusher)
 
     # ---- dispatch ---------------------------------------------------------------------------------
-    async def _dispatch(self, items, *, check_descendants: bool) -> None:
-        if not items:
-            return
-        desc: dict[uuid.UUID, dict] = {}
-        if check_descendants:
-            async with self.db.service_scope() as tx:
-                desc = await BulkRepository(tx).descendants([i["run_id"] for i in items])
+    async def _start_batch(self, end: int) -> tuple[bool, list]:
+        """Hand items [pos, end) out, and settle at once, in the same transaction, those that need no
+        resume: runs someone already takes care of (skipped) and runs with no eligible step. So an item
+        left unsettled by a crash is always one whose resume was called, and calling it again is safe."""
+        async with self.db.service_scope() as tx:
+            repo = BulkRepository(tx)
+            items = await repo.start_batch(self.id, self.owner, self.pos, end)
+            if not items:
+                return False, []
+            desc = await repo.descendants([i["run_id"] for i in items])
+            settled: list[Outcome] = []
+            todo = []
+            for item in items:
+                why = skip_reason(desc.get(item["run_id"]))
+                if why is not None:
+                    settled.append((item["position"], "skipped", None, why))
+                elif item["from_step"] is None:
+                    settled.append((item["position"], "rejected", None, NO_ELIGIBLE_WHY))
+                else:
+                    todo.append(item)
+            if settled:
+                await repo.record(self.id, self.owner, self.lease_s, *_columns(settled))
+        return True, todo
+
+    async def _dispatch(self, items) -> None:
         for item in items:
             if self.lost:
-                return  # left pending: whoever holds the lease next replays them
+                return  # left pending: whoever holds the lease next calls their resume again
             if self.halt is not None:
                 self.results.append((item["position"], "rejected", None, self.halt))
-                continue
-            why = skip_reason(desc.get(item["run_id"]))
-            if why is not None:
-                self.results.append((item["position"], "skipped", None, why))
-                continue
-            if item["from_step"] is None:
-                self.results.append((item["position"], "rejected", None, NO_ELIGIBLE_WHY))
                 continue
             await self.slots.acquire()
             await self._pace()
@@ -235,9 +251,7 @@ class JobDriver:
         batch, self.results = self.results, []
         try:
             async with self.db.service_scope() as tx:
-                row = await BulkRepository(tx).record(
-                    self.id, self.owner, self.lease_s, [b[0] for b in batch], [b[1] for b in batch],
-                    [b[2] for b in batch], [b[3] for b in batch])
+                row = await BulkRepository(tx).record(self.id, self.owner, self.lease_s, *_columns(batch))
         except BaseException:
             self.results[:0] = batch  # written with the next flush
             raise

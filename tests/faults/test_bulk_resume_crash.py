@@ -1,9 +1,11 @@
 """A bulk resume survives SIGKILLed workers: the worker driving the job is killed three times in the
 middle of it; each time a fresh worker takes the job over when the lease expires and carries on
 where it stopped. Every run is resumed exactly once: one child per run, one accepted audit row
-per run that is not a replay, and every child succeeds."""
+per run that is not a replay, and every child succeeds. Also: a worker without notifications
+finds new jobs by polling, and a job rides out a database restart."""
 from __future__ import annotations
 
+import asyncio
 import random
 import uuid
 
@@ -111,3 +113,40 @@ async def test_a_worker_that_gets_no_notifications_still_picks_up_a_new_bulk_res
 
     final = await support.wait_for(finished, 30, 0.1, "the bulk resume to finish by polling")
     assert (final["status"], final["accepted"]) == ("succeeded", 3)
+
+
+async def test_a_bulk_resume_rides_out_a_database_restart(private_pg, faults_env, faults_logs, faults_db, make_user,
+                                                          world, procs):
+    """PostgreSQL restarts in the middle of a job: the worker's resumes and writes fail for a moment;
+    afterwards the job carries on and every run is resumed exactly once."""
+    tag = f"bulk-restart-{uuid.uuid4().hex[:8]}"
+    procs.append(start_worker(faults_env, faults_logs, "restart"))
+    owner = make_user()
+    project = await owner.project("bulk restart")
+    wf = await owner.workflow(project, linear(
+        ("start", "webhook", {}),
+        ("charge", "http_call", {"url": f"{world.url}/gate/{tag}", "retry": {"max_attempts": 1}})))
+    runs = [await owner.start(wf["id"]) for _ in range(40)]
+    assert set((await wait_final(faults_db, runs, 60, "runs")).values()) == {"failed"}
+    world.open(tag)
+    job = (await owner.post(f"/projects/{project}/bulk-resumes",
+                            {"filter": {"workflow_id": wf["id"]}, "reason": "restart", "max_per_second": 20})).json()
+
+    async def some():
+        j = (await owner.get(f"/bulk-resumes/{job['id']}")).json()
+        return j if j["accepted"] >= 10 else None
+
+    await support.wait_for(some, 60, 0.05, "ten runs resumed")
+    await asyncio.to_thread(private_pg.stop, "fast")
+    await asyncio.sleep(1)
+    await asyncio.to_thread(private_pg.start)
+
+    async def finished():
+        r = await owner.get(f"/bulk-resumes/{job['id']}")
+        return r.json() if r.status_code == 200 and r.json()["finished_at"] else None
+
+    final = await support.wait_for(finished, 90, 0.2, "the bulk resume to finish after the restart")
+    assert (final["status"], final["accepted"], final["skipped"], final["rejected"]) == ("succeeded", 40, 0, 0), final
+    per_parent = await faults_db.fetch("select parent_run_id, count(*) as n from runs"
+                                       " where parent_run_id = any($1::uuid[]) group by 1", [uuid.UUID(r) for r in runs])
+    assert len(per_parent) == 40 and {p["n"] for p in per_parent} == {1}
