@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
@@ -33,6 +33,7 @@ class Problem(BaseModel):
                                                               "run's work (send `\"rerun\": true` to run it again)")
     rerunnable_steps: list[str] | None = Field(default=None, description="409/422 from resume: steps a resume with "
                                                                          "`\"rerun\": true` may start from")
+    matched: int | None = Field(default=None, description="422 from bulk resume: how many runs the filter matched")
 
 
 _DESCRIPTIONS = {
@@ -94,3 +95,30 @@ async def get_cipher(request: Request):
 
 
 CipherDep = Annotated[Cipher, Depends(get_cipher)]
+
+
+# The query and header parameters of every events endpoint (JSON list or SSE stream).
+EventsAfter = Annotated[int, Query(ge=0, le=2**62)]
+EventsLimit = Annotated[int, Query(ge=1, le=1000)]
+LastEventId = Annotated[str | None, Header(pattern=r"^[0-9]{1,18}$", description="Resume the stream after this event id")]
+
+
+def wants_event_stream(accept: str) -> bool:
+    """Content negotiation (RFC 9110 §12.5.1): the stream when text/event-stream is acceptable (q > 0) and
+    preferred at least as much as JSON; `text/event-stream;q=0, application/json` is JSON."""
+    weights: dict[str, float] = {}
+    for item in accept.split(","):
+        media, *params = (part.strip() for part in item.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        media = media.lower()
+        weights[media] = max(weights.get(media, 0.0), q) if media in weights else q
+    sse = weights.get("text/event-stream", 0.0)
+    json = max((weights[m] for m in ("application/json", "application/*", "*/*") if m in weights), default=0.0)
+    return sse > 0 and sse >= json

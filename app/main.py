@@ -37,6 +37,8 @@ OPENAPI_TAGS = [
     {"name": "runs", "description": "Start, list and inspect runs, their steps, lineage and events; cancel or pause."},
     {"name": "resume", "description": "Resume a failed, paused or cancelled run from a chosen step, or preview it."},
     {"name": "hooks", "description": "Signed webhook deliveries that start runs (no bearer token)."},
+    {"name": "bulk-resume", "description": "Resume every run a filter matches (e.g. after an outage): throttled, "
+                                           "previewable, idempotent, cancellable and audited per run."},
     {"name": "audit", "description": "The append-only audit log of a project (owners only)."},
     {"name": "health", "description": "Liveness, readiness (no bearer token) and Prometheus metrics (a bearer "
                                       "token only when MESHHOOK_METRICS_TOKEN is set)."},
@@ -98,6 +100,7 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
     install_docs(app, "MeshHook engine service")
 
     from app.audit.router import router as audit_router
+    from app.bulk.router import router as bulk_router
     from app.hooks.router import router as hooks_router
     from app.projects.router import router as projects_router
     from app.resume.router import router as resume_router
@@ -105,7 +108,7 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
     from app.workflows.router import router as workflows_router
 
     # bearer_scheme only documents the security scheme (CurrentUser does the checking); hooks are signed instead.
-    for r in (projects_router, workflows_router, runs_router, resume_router, audit_router):
+    for r in (projects_router, workflows_router, runs_router, resume_router, audit_router, bulk_router):
         app.include_router(r, dependencies=[Security(bearer_scheme), Depends(canonical_path_ids)])
     app.include_router(hooks_router, dependencies=[Depends(canonical_path_ids)])
 

@@ -40,6 +40,7 @@ ROWS = [
     ("pickup_p50_ms", "pickup with LISTEN, p50 (ms)", "", None, None),
     ("pickup_p99_ms", "pickup with LISTEN, p99 (ms)", "≤ 5", None, None),
     ("pickup_poll_only_p99_ms", "pickup polling only, p99 (ms)", "≤ poll interval", None, None),
+    ("bulk_resumes_per_s", "bulk resume, runs/s at max_per_second 1000", "≥ 300", None, None),
     ("worker_steps_per_s_1", "worker steps/s, 1 process", "≥ 1,000", None, None),
     ("worker_steps_per_s_2", "worker steps/s, 2 processes", "> 1 process", None, None),
 ]

@@ -34,6 +34,7 @@ NUMERIC_KEYS = (
     "resume_worker_c1_p99_ms", "resume_worker_per_s", "resume_deep_queue_c1_p50_ms", "resume_deep_queue_c1_p99_ms",
     "resume_grown_p50_ms", "resume_grown_p99_ms", "ratio_resume_grown_p50", "ratio_resume_grown_p99",
     "runs_list_p50_ms", "runs_list_grown_p50_ms", "ratio_resume_c1_p99_to_floor_raw",
+    "bulk_resumes_per_s",
 )
 
 
@@ -56,16 +57,17 @@ class Sizes:
     other_queued: int  # ... their queued runs (the deep queue), 10 pending steps each ...
     other_finished: int  # ... and their finished 10-step runs
     member_of: int  # how many of them the resuming user is a viewer of
+    bulk: int  # runs in the bulk resume phase
     concurrency: int = 32
     fail_at: dict[int, int] = field(default_factory=lambda: {10: 5, 100: 50, 1000: 500})
 
 
 FULL = Sizes(c1_warm=50, c1=500, c32_warm=256, c32=4000, scale_warm=5, scale={10: 200, 100: 100, 1000: 60},
              pickup=200, poll=40, poll_interval_s=0.5, drain_warm=32, drain=500, worker_c32=2000, lists=300,
-             other_projects=2000, other_queued=20_000, other_finished=200_000, member_of=200)
+             other_projects=2000, other_queued=20_000, other_finished=200_000, member_of=200, bulk=1000)
 QUICK = Sizes(c1_warm=5, c1=20, c32_warm=32, c32=96, scale_warm=1, scale={10: 10, 100: 5, 1000: 3},
               pickup=10, poll=4, poll_interval_s=0.2, drain_warm=4, drain=30, worker_c32=64, lists=20,
-              other_projects=20, other_queued=200, other_finished=2000, member_of=20)
+              other_projects=20, other_queued=200, other_finished=2000, member_of=20, bulk=200)
 
 
 # ---------------------------------------------------------------- small measurements
@@ -212,6 +214,7 @@ class Bench:
             "worker_c32": await self.seed.failed_parents(10, s.c32_warm + s.worker_c32, fa[10]),
             "pickup": await self.seed.failed_parents(10, s.pickup + 2, fa[10]),
             "poll": await self.seed.failed_parents(10, s.poll + 1, fa[10]),
+            "bulk": await self.seed.failed_parents(10, s.bulk, fa[10]),
         }
         self.parents["pooler"] = await self.seed.failed_parents(10, 2 * (s.c1_warm + s.c1), fa[10])
         for n, count in s.scale.items():
@@ -452,6 +455,54 @@ class Bench:
                  f"(from the response: p50={out['resp_p50_ms']:.2f}ms p99={out['resp_p99_ms']:.2f}ms)")
         return out
 
+    # ---- bulk resume ---------------------------------------------------------------------
+    async def bulk_phase(self, parents: list[uuid.UUID]) -> dict:
+        """One `POST /projects/{id}/bulk-resumes` over `parents` at max_per_second 1000, driven by one
+        worker process with nothing else to do but run the resumed runs it creates. Rate = runs ÷
+        (the job's finished_at − its created_at), both the database's clock."""
+        ws = await self._workers(1, notify=True)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not await self.conn.fetchval(
+                "select count(*) from pg_stat_activity where datname = $1 and application_name = $2",
+                self.db_name, "meshhook-bulk-listener"):
+            await asyncio.sleep(0.02)  # the job driver's LISTEN is up: the NOTIFY of the new job reaches it
+        body = json.dumps({"filter": {"workflow_id": str(self.seed.workflows[10]), "run_ids": [str(p) for p in parents]},
+                           "reason": "bench", "max_per_second": 1000}).encode()
+        headers = {"Authorization": f"Bearer {self.tokens[0]}", "Content-Type": "application/json",
+                   "User-Agent": "meshhook-bench"}
+        c = Connection("127.0.0.1", self.port)
+        watch = await asyncpg.connect(self.url)  # the meter samples on self.conn meanwhile
+        try:
+            async with Meter(self.conn, self.db_name, "meshhook-bulk", ws[0].pid) as m:
+                status, _h, resp = await c.request("POST", f"/projects/{self.seed.project}/bulk-resumes", headers, body)
+                if status != 202:
+                    raise RuntimeError(f"bulk resume answered {status}: {resp[:300]!r}")
+                bulk_id = uuid.UUID(json.loads(resp)["id"])
+                deadline = time.monotonic() + max(60.0, len(parents) * 0.1)
+                while not await watch.fetchval("select finished_at is not null from bulk_resumes where id = $1", bulk_id):
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("the bulk resume did not finish")
+                    await asyncio.sleep(0.02)
+        finally:
+            await c.close()
+            await watch.close()
+        row = await self.conn.fetchrow(
+            "select b.status, b.accepted, b.matched, extract(epoch from b.finished_at - b.created_at)::float8 as secs,"
+            " (select extract(epoch from max(r.created_at) - min(r.created_at))::float8 from runs r"
+            "   where r.parent_run_id = any($2::uuid[])) as span"
+            " from bulk_resumes b where b.id = $1", bulk_id, parents)
+        errors = self._stop(ws[0])
+        if row["status"] != "succeeded" or row["accepted"] != len(parents):
+            raise RuntimeError(f"bulk resume: {row['status']}, {row['accepted']} of {len(parents)} accepted")
+        out = {"per_s": row["accepted"] / row["secs"], "span_per_s": (row["accepted"] - 1) / row["span"],
+               "secs": row["secs"], "n": row["accepted"], "worker_cpu": m.api_cpu, "pg_cpu_ms": m.pg_cpu_s / row["accepted"] * 1e3,
+               "worker_cpu_ms": m.api_cpu_s / row["accepted"] * 1e3, "machine_busy": m.machine_busy, "errors": errors}
+        self.log(f"  bulk resume of {out['n']} runs at max_per_second 1000: {out['secs']:.2f}s = {out['per_s']:.0f}/s "
+                 f"(first to last resume: {out['span_per_s']:.0f}/s); worker process {out['worker_cpu']:.0%} of a core "
+                 f"({out['worker_cpu_ms']:.2f} ms per resume, with running the resumed runs), PostgreSQL "
+                 f"{out['pg_cpu_ms']:.2f} ms per resume (bulk pool); machine busy {m.machine_busy:.0%}")
+        return out
+
     # ---- worker throughput ---------------------------------------------------------------
     async def drain(self, count: int) -> tuple[float, int, float]:
         ids, t0 = await self.seed.queued_runs(10, count)
@@ -591,6 +642,9 @@ class Bench:
         poll = await self.pickup_phase(f"polling only, every {s.poll_interval_s}s", P["poll"],
                                        timeout_s=15 + s.poll_interval_s * 4)
         errors += self._stop(ws[0])
+        await self._cancel_queued()
+        self.log("bulk resume (one job, one worker):")
+        bulk = await self.bulk_phase(P["bulk"])
 
         await self._cancel_queued()
         self.log("worker throughput (10-step transform-only runs):")
@@ -651,6 +705,10 @@ class Bench:
             "pickup_poll_only_p50_ms": r(poll["p50_ms"]), "pickup_poll_only_p99_ms": r(poll["p99_ms"]),
             "pickup_poll_interval_s": s.poll_interval_s,
             "worker_steps_per_s_1": r(t1["steps_per_s"], 1), "worker_steps_per_s_2": r(t2["steps_per_s"], 1),
+            "bulk_resumes_per_s": r(bulk["per_s"], 1), "bulk_resume_first_to_last_per_s": r(bulk["span_per_s"], 1),
+            "bulk_resume_runs": bulk["n"], "bulk_worker_cpu_share": r(bulk["worker_cpu"]),
+            "bulk_worker_cpu_ms_per_resume": r(bulk["worker_cpu_ms"], 3),
+            "bulk_pg_cpu_ms_per_resume": r(bulk["pg_cpu_ms"], 3), "bulk_machine_busy_share": r(bulk["machine_busy"]),
             "floor_resume_p50_ms": r(f32["p50_ms"]), "floor_resume_p99_ms": r(f32["p99_ms"]),
             "floor_resumes_per_s": r(f32["per_s"], 1),
             "floor_resume_c1_p50_ms": r(f1["p50_ms"]), "floor_resume_c1_p99_ms": r(f1["p99_ms"]),
@@ -683,7 +741,8 @@ class Bench:
                         "resume_grown": grown["n"], "runs_list": lists["n"]},
             "concurrency": s.concurrency,
             "service_env": self.extra_env,
-            "errors_logged": {"api": api_errors, "api_pooler": pooled["errors"], "pickup_workers": errors, "workers_1": t1["errors"],
+            "errors_logged": {"api": api_errors, "api_pooler": pooled["errors"], "pickup_workers": errors,
+                              "bulk_worker": bulk["errors"], "workers_1": t1["errors"],
                               "workers_2": t2["errors"]},
         })
         res["targets"] = targets(res)

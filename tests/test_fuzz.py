@@ -59,6 +59,7 @@ max-examples = 50
 "query.run_id" = {{ dictionary = "run_ids", probability = 0.5 }}
 "query.project_id" = {{ dictionary = "project_ids", probability = 0.5 }}
 "query.workflow_id" = {{ dictionary = "workflow_ids", probability = 0.5 }}
+"path.bulk_id" = {{ dictionary = "bulk_ids", probability = 0.7 }}
 
 [dictionaries.run_ids]
 values = {values(ids["run"])}
@@ -68,6 +69,8 @@ values = {values(ids["project"])}
 values = {values(ids["workflow"])}
 [dictionaries.step_keys]
 values = {values(ids["step"])}
+[dictionaries.bulk_ids]
+values = {values(ids["bulk"])}
 """
 
 
@@ -82,7 +85,12 @@ async def test_schemathesis_finds_nothing(service, world, make_client, db, tmp_p
     failed = await owner.start(wf["id"], {"n": 1})
     run = await owner.wait(failed)
     assert run["status"] == "failed"
-    ids = {"run": [failed], "project": [project], "workflow": [wf["id"]], "step": ["start", "call", "shape"]}
+    # A bulk resume to read and cancel; it matches no run, so the audit rows below are the fuzzer's own.
+    bulk = await owner.post(f"/projects/{project}/bulk-resumes", {
+        "filter": {"workflow_id": wf["id"], "status": ["succeeded"]}, "reason": "fuzz", "max_per_second": 1})
+    assert bulk.status_code == 202, bulk.text
+    ids = {"run": [failed], "project": [project], "workflow": [wf["id"]], "step": ["start", "call", "shape"],
+           "bulk": [bulk.json()["id"]]}
 
     log_start = Path(service.log).stat().st_size
     config = tmp_path / "schemathesis.toml"

@@ -12,7 +12,7 @@ from app.db.migrate import downgrade, upgrade
 from tests import support
 
 TABLES = {"projects", "project_members", "secrets", "workflows", "workflow_versions", "runs", "step_runs",
-          "run_events", "audit_log", "idempotency_records"}
+          "run_events", "audit_log", "idempotency_records", "bulk_resumes", "bulk_resume_items", "bulk_resume_events"}
 
 
 @pytest.fixture

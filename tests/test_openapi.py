@@ -10,7 +10,7 @@ from app.main import create_app
 from tests.support import ROOT
 
 SPEC_PATH = ROOT / "openapi" / "openapi.json"
-PATH_PARAMETERS = {"project_id", "workflow_id", "run_id", "step_key", "name"}
+PATH_PARAMETERS = {"project_id", "workflow_id", "run_id", "step_key", "name", "bulk_id"}
 # DESIGN §6: every route, by operation id.
 OPERATIONS = {
     ("get", "/healthz"): "health-live",
@@ -37,6 +37,10 @@ OPERATIONS = {
     ("post", "/runs/{run_id}/resume-plan"): "runs-resume-plan-body",
     ("post", "/runs/{run_id}/resume"): "runs-resume",
     ("get", "/projects/{project_id}/audit"): "audit-list",
+    ("post", "/projects/{project_id}/bulk-resumes"): "bulk-resumes-create",
+    ("get", "/bulk-resumes/{bulk_id}"): "bulk-resumes-get",
+    ("post", "/bulk-resumes/{bulk_id}/cancel"): "bulk-resumes-cancel",
+    ("get", "/bulk-resumes/{bulk_id}/events"): "bulk-resumes-events",
 }
 PUBLIC = {"health-live", "health-ready", "health-metrics", "hooks-deliver"}
 PROBLEM_CONTENT = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
@@ -134,7 +138,11 @@ def test_response_fields_the_server_always_sends_are_required(spec):
     step = schemas["StepRead"]
     assert {"key", "type", "status", "attempt", "input", "output", "error", "started_at", "finished_at",
             "reused_from", "eligible_for_resume"} <= set(step["required"])
-    for name in ("RunList", "ProjectList", "MemberList", "EventList", "AuditList"):
+    job = schemas["BulkResumeRead"]
+    assert {"id", "project_id", "status", "matched", "accepted", "skipped", "rejected", "pending", "created_by",
+            "created_at", "finished_at", "request", "items"} <= set(job["required"])
+    assert {"run_id", "outcome", "new_run_id", "why"} <= set(schemas["BulkItem"]["required"])
+    for name in ("RunList", "ProjectList", "MemberList", "EventList", "AuditList", "BulkEventList"):
         assert set(schemas[name]["required"]) == {"items", "next_cursor"}, name
 
 

@@ -18,6 +18,7 @@ import uuid
 import asyncpg
 import httpx
 
+from app.bulk.runner import BulkRunner
 from app.db.engine import Database, is_db_unavailable
 from app.egress.transport import egress_client
 from app.db.listener import Listener, listen_dsn
@@ -66,6 +67,7 @@ class Worker:
         self._tasks.append(asyncio.create_task(Pruner(self.db, self.settings).run(), name="retention"))
         if self.notify:
             self._tasks.append(asyncio.create_task(self._listen_loop(), name="listen"))
+        self._tasks.append(asyncio.create_task(BulkRunner(self.settings, self.db.url, self.id, notify=self.notify).run(), name="bulk"))
         self._wake.set()
         log.info("worker started", extra={"worker": self.id, "notify": self.notify,
                                           "concurrency": self.settings.worker_concurrency})

@@ -1,23 +1,20 @@
 """HTTP routes for runs: start, read, list, steps, lineage, events (JSON or SSE), cancel and pause."""
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import time
 import re
 import uuid
 from datetime import datetime
 from typing import Annotated, Literal
 
-import orjson
-from fastapi import APIRouter, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import BeforeValidator
 from sse_starlette.sse import EventSourceResponse
 
-from app.api import DbDep, errors_for
+from app.api import DbDep, EventsAfter, EventsLimit, LastEventId, errors_for, wants_event_stream
 from app.auth.dependencies import CurrentUser
 from app.storable import StorableText
 from app.runs import service
+from app.runs.stream import event_stream
 from app.runs.schemas import EventList, Lineage, RunDetail, RunList, RunStart, StepDetail
 
 router = APIRouter(tags=["runs"])
@@ -33,27 +30,6 @@ def _rfc3339(value):
 
 
 Timestamp = Annotated[datetime, BeforeValidator(_rfc3339)]
-
-
-def wants_event_stream(accept: str) -> bool:
-    """Content negotiation (RFC 9110 §12.5.1): the stream when text/event-stream is acceptable (q > 0) and
-    preferred at least as much as JSON; `text/event-stream;q=0, application/json` is JSON."""
-    weights: dict[str, float] = {}
-    for item in accept.split(","):
-        media, *params = (part.strip() for part in item.split(";"))
-        q = 1.0
-        for param in params:
-            name, _, value = param.partition("=")
-            if name.strip().lower() == "q":
-                try:
-                    q = float(value)
-                except ValueError:
-                    q = 0.0
-        media = media.lower()
-        weights[media] = max(weights.get(media, 0.0), q) if media in weights else q
-    sse = weights.get("text/event-stream", 0.0)
-    json = max((weights[m] for m in ("application/json", "application/*", "*/*") if m in weights), default=0.0)
-    return sse > 0 and sse >= json
 FINAL_EVENTS = {"run_succeeded", "run_failed", "run_cancelled"}
 
 
@@ -121,11 +97,8 @@ async def lineage(run_id: RunId, user: CurrentUser, db: DbDep):
                         "(or `after`), then streams new ones as they commit, with a heartbeat comment every "
                         "15 s, and ends after the run reaches succeeded, failed or cancelled.",
             responses=errors_for(401, 404, 422, 503) | {200: {"content": {"text/event-stream": {}}}})
-async def events(run_id: RunId, request: Request, user: CurrentUser, db: DbDep,
-                 after: Annotated[int, Query(ge=0, le=2**62)] = 0,
-                 limit: Annotated[int, Query(ge=1, le=1000)] = 500,
-                 last_event_id: Annotated[str | None, Header(pattern=r"^[0-9]{1,18}$",
-                                                             description="Resume the stream after this event id")] = None):
+async def events(run_id: RunId, request: Request, user: CurrentUser, db: DbDep, after: EventsAfter = 0,
+                 limit: EventsLimit = 500, last_event_id: LastEventId = None):
     if not wants_event_stream(request.headers.get("accept", "")):
         async with db.user_scope(user.claims) as tx:
             return await service.list_events(tx, run_id, after, limit)
@@ -133,34 +106,14 @@ async def events(run_id: RunId, request: Request, user: CurrentUser, db: DbDep,
         after = max(after, int(last_event_id))  # the pattern above makes this a safe bigint
     async with db.user_scope(user.claims) as tx:
         first = await service.list_events(tx, run_id, after, 1000)  # also the membership check (404)
-    hub = request.app.state.hub
 
-    async def stream():
-        nonlocal after
-        wake = hub.subscribe(run_id)
-        try:
-            batch = first["items"]
-            while True:
-                done = False
-                for ev in batch:
-                    after = ev["id"]
-                    yield {"id": str(ev["id"]), "event": ev["type"],
-                           "data": orjson.dumps(ev, default=str).decode()}
-                    done = done or ev["type"] in FINAL_EVENTS
-                if done:
-                    return
-                if time.time() > float(user.claims.get("exp", 0)):
-                    return  # the token expired: the client reconnects with a fresh one and Last-Event-ID
-                if len(batch) < 1000:
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(wake.wait(), hub.wait_s)
-                    wake.clear()
-                async with db.user_scope(user.claims) as tx:
-                    batch = (await service.list_events(tx, run_id, after, 1000))["items"]
-        finally:
-            hub.unsubscribe(run_id, wake)
+    async def read(after_id: int) -> list[dict]:
+        async with db.user_scope(user.claims) as tx:
+            return (await service.list_events(tx, run_id, after_id, 1000))["items"]
 
-    return EventSourceResponse(stream(), ping=request.app.state.settings.sse_ping_s, headers={"Cache-Control": "no-store"})
+    stream = event_stream(request.app.state.hub, run_id, first["items"], after, read,
+                          lambda ev: ev["type"] in FINAL_EVENTS, float(user.claims.get("exp", 0)))
+    return EventSourceResponse(stream, ping=request.app.state.settings.sse_ping_s, headers={"Cache-Control": "no-store"})
 
 
 @router.post("/runs/{run_id}/cancel", status_code=202, response_model=RunDetail, operation_id="runs-cancel",

@@ -1,4 +1,4 @@
-"""Live run events: one LISTEN connection per process fans notifications out to every open stream.
+"""Live events (runs, bulk resumes): one LISTEN connection per process fans notifications out to every open stream.
 
 A stream re-reads the table after each wake-up (the table is the truth, the notification
 only says "look again"), so hundreds of open streams hold one listening connection and
@@ -9,7 +9,12 @@ re-read every poll interval instead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import orjson
 
 from app.db.listener import Listener
 
@@ -18,10 +23,11 @@ LISTENING_RECHECK_S = 5.0  # a safety re-read even while notifications arrive
 
 
 class EventHub:
-    def __init__(self, dsn: str | None, poll_s: float = 1.0):
+    def __init__(self, dsn: str | None, poll_s: float = 1.0, *, channel: str = CHANNEL,
+                 application_name: str = "meshhook-stream"):
         self.poll_s = poll_s
         self._subs: dict[str, set[asyncio.Event]] = {}
-        self._listener = Listener(dsn, {CHANNEL: self._on_notify}, application_name="meshhook-stream",
+        self._listener = Listener(dsn, {channel: self._on_notify}, application_name=application_name,
                                   on_connect=self._wake_all, poll_s=poll_s)
 
     @property
@@ -41,13 +47,13 @@ class EventHub:
     def start(self) -> None:
         self._listener.start()
 
-    def subscribe(self, run_id: uuid.UUID) -> asyncio.Event:
+    def subscribe(self, run_id: uuid.UUID | str) -> asyncio.Event:
         self._listener.start()
         ev = asyncio.Event()
         self._subs.setdefault(str(run_id), set()).add(ev)
         return ev
 
-    def unsubscribe(self, run_id: uuid.UUID, ev: asyncio.Event) -> None:
+    def unsubscribe(self, run_id: uuid.UUID | str, ev: asyncio.Event) -> None:
         subs = self._subs.get(str(run_id))
         if subs is not None:
             subs.discard(ev)
@@ -65,3 +71,34 @@ class EventHub:
 
     async def close(self) -> None:
         await self._listener.close()
+
+
+def event_stream(hub: EventHub, key: uuid.UUID, first: list[dict], after: int,
+                 read: Callable[[int], Awaitable[list[dict]]], is_final: Callable[[dict], bool],
+                 expires_at: float) -> AsyncIterator[dict]:
+    """Server-Sent Events of one timeline (a run's, a bulk resume's): `first` (already read, which
+    also checked access), then whatever `read(after)` finds after each wake-up or every `hub.wait_s`,
+    until an event `is_final` or the caller's token expires (the client reconnects with Last-Event-ID)."""
+
+    async def stream() -> AsyncIterator[dict]:
+        nonlocal after
+        wake = hub.subscribe(key)
+        try:
+            batch = first
+            while True:
+                done = False
+                for ev in batch:
+                    after = ev["id"]
+                    yield {"id": str(ev["id"]), "event": ev["type"], "data": orjson.dumps(ev, default=str).decode()}
+                    done = done or is_final(ev)
+                if done or time.time() > expires_at:
+                    return
+                if len(batch) < 1000:
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(wake.wait(), hub.wait_s)
+                    wake.clear()
+                batch = await read(after)
+        finally:
+            hub.unsubscribe(key, wake)
+
+    return stream()

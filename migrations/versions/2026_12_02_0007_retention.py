@@ -5,13 +5,13 @@ inside that function, for rows older than the cutoff the function was given (at 
 UPDATE stays impossible, and so does any other DELETE, the superuser's included.
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 Create Date: 2026-12-02
 """
 from migrations.sqlscript import run_script
 
 revision = "0007"
-down_revision = "0005"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 

@@ -1,6 +1,7 @@
 // A small MeshHook client on fetch, typed by `openapi-typescript` from ../openapi.json
 // (run ./typecheck.sh). It lists runs, reads a run and resumes it from its failed step; it approves a
-// paused run exactly once and marks a failed step succeeded with an output given by hand.
+// paused run exactly once, marks a failed step succeeded with an output given by hand, and
+// recovers every run an outage broke with one bulk resume.
 import type { components, operations, paths } from "./generated/api";
 
 export type Run = components["schemas"]["RunRead"];
@@ -13,6 +14,10 @@ export type Problem = components["schemas"]["Problem"];
 export type StepOverride = components["schemas"]["StepOverride"];
 export type RunStatus = Run["status"];
 export type ListRunsQuery = NonNullable<operations["runs-list"]["parameters"]["query"]>;
+export type BulkResumeRequest = components["schemas"]["BulkResumeCreate"];
+export type BulkResume = components["schemas"]["BulkResumeRead"];
+export type BulkItem = components["schemas"]["BulkItem"];
+export type BulkEvent = components["schemas"]["BulkEvent"];
 
 type RunPath = keyof paths & `/runs${string}`;
 
@@ -91,6 +96,26 @@ export class MeshHookClient {
     return this.request<operations["runs-resume"]["responses"][202]["content"]["application/json"]>(
       "POST", `/runs/${encodeURIComponent(runId)}/resume`, body, headers);
   }
+
+  /** POST /projects/{project_id}/bulk-resumes — 202 with the job, or 200 with the preview when `dry_run`. */
+  bulkResume(projectId: paths["/projects/{project_id}/bulk-resumes"]["post"]["parameters"]["path"]["project_id"],
+             body: BulkResumeRequest, idempotencyKey?: string): Promise<BulkResume> {
+    const headers: Record<string, string> = {};
+    if (idempotencyKey) headers["Idempotency-Key"] = idempotencyKey;
+    return this.request<operations["bulk-resumes-create"]["responses"][202]["content"]["application/json"]>(
+      "POST", `/projects/${encodeURIComponent(projectId)}/bulk-resumes`, body, headers);
+  }
+
+  /** GET /bulk-resumes/{bulk_id} — progress and the outcome of every run. */
+  getBulkResume(bulkId: string): Promise<BulkResume> {
+    return this.request<operations["bulk-resumes-get"]["responses"][200]["content"]["application/json"]>(
+      "GET", `/bulk-resumes/${encodeURIComponent(bulkId)}`);
+  }
+
+  /** POST /bulk-resumes/{bulk_id}/cancel — runs not yet resumed are skipped. */
+  cancelBulkResume(bulkId: string): Promise<BulkResume> {
+    return this.request<BulkResume>("POST", `/bulk-resumes/${encodeURIComponent(bulkId)}/cancel`);
+  }
 }
 
 const FINAL: readonly RunStatus[] = ["succeeded", "failed", "cancelled"];
@@ -157,4 +182,38 @@ export async function markSucceeded(client: MeshHookClient, runId: string, stepK
   const override: StepOverride | null | undefined = step?.override;
   if (!override || step?.reused_from) throw new Error("the server did not record the output by hand");
   return child;
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * Recover after an outage: every run of `workflowId` that failed at `failedStep` since `since` is
+ * resumed by one bulk resume, `rate` runs per second. A dry run first shows what would happen; the
+ * Idempotency-Key makes a retried call return the same job. `onProgress` sees the job as it moves.
+ * Returns the preview (each run's plan, or why it would be skipped or rejected) and the finished job.
+ */
+export async function recoverAfterOutage(
+  client: MeshHookClient, projectId: string, workflowId: string, failedStep: string, since: string,
+  reason: string, rate = 50, onProgress: (job: BulkResume) => void = () => {},
+): Promise<{ preview: BulkResume; job: BulkResume | null }> {
+  const body: BulkResumeRequest = {
+    filter: { workflow_id: workflowId, status: ["failed"], failed_step: failedStep, created_after: since },
+    reason,
+    max_per_second: rate,
+  };
+  const preview = await client.bulkResume(projectId, { ...body, dry_run: true });
+  if (preview.accepted === 0) return { preview, job: null }; // nothing would be resumed; preview.items say why
+  let job = await client.bulkResume(projectId, body, `outage:${workflowId}:${failedStep}:${since}`);
+  while (job.finished_at === null) {
+    onProgress(job);
+    await sleep(500);
+    job = await client.getBulkResume(job.id as string);
+  }
+  onProgress(job);
+  return { preview, job };
+}
+
+/** The runs a bulk resume did not resume, with the reason: what an operator looks at next. */
+export function notResumed(job: BulkResume): BulkItem[] {
+  return job.items.filter((i) => i.outcome === "skipped" || i.outcome === "rejected");
 }

@@ -10,6 +10,10 @@ With `--mark-succeeded '<json>'` it does not wait: it records that JSON as the f
 ("mark succeeded", DESIGN §10.2), so the upstream is not called again and the rest of the run uses it.
 `approve_once()` and `mark_succeeded()` below are the two operator actions as small functions.
 
+With `--outage N` it recovers after an outage instead: N runs fail at the HTTP call; once you have
+fixed the upstream service (Enter), one bulk resume previews (dry run), then resumes all of them at
+`--rate` runs per second, following the job's progress until every resumed run has finished.
+
 The base URL and token may also come from MESHHOOK_URL and MESHHOOK_TOKEN (`meshhook token --sub <uuid>`
 mints a dev token). The last line printed is a JSON summary. Exit status: 0 when the resumed run
 succeeded, 1 when it did not, 2 on an API error (its problem+json is printed).
@@ -83,6 +87,31 @@ def mark_succeeded(client: httpx.Client, run_id: str, step: str, output: object,
                 headers={"Idempotency-Key": f"mark:{run_id}:{step}"})
 
 
+def recover_after_outage(client: httpx.Client, project_id: str, workflow_id: str, failed_step: str, reason: str,
+                         rate: int, timeout_s: float) -> dict:
+    """One bulk resume of every run of the workflow that failed at `failed_step`: a dry run first
+    (what would happen to each run), then the job itself, followed until it has finished."""
+    body = {"filter": {"workflow_id": workflow_id, "status": ["failed"], "failed_step": failed_step},
+            "reason": reason, "max_per_second": rate}
+    preview = call(client, "POST", f"/projects/{project_id}/bulk-resumes", 200, json={**body, "dry_run": True})
+    print(f"dry run: {preview['matched']} runs match; {preview['accepted']} would be resumed, "
+          f"{preview['skipped']} skipped, {preview['rejected']} rejected")
+    # The key makes a retried request (a timeout, a double click) return the same job, never a second one.
+    job = call(client, "POST", f"/projects/{project_id}/bulk-resumes", 202, json=body,
+               headers={"Idempotency-Key": f"outage:{workflow_id}:{failed_step}"})
+    print(f"bulk resume {job['id']} started")
+    deadline = time.monotonic() + timeout_s
+    while job["finished_at"] is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        job = call(client, "GET", f"/bulk-resumes/{job['id']}", 200)
+        print(f"  {job['accepted']} resumed, {job['skipped']} skipped, {job['rejected']} rejected, "
+              f"{job['pending']} pending")
+    for item in job["items"]:
+        if item["outcome"] != "accepted":
+            print(f"  run {item['run_id']}: {item['outcome']} ({item['why']})")
+    return job
+
+
 def definition(url: str) -> dict:
     return {
         "nodes": [
@@ -105,11 +134,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=60, help="seconds to wait for each run")
     parser.add_argument("--mark-succeeded", metavar="JSON", type=json.loads, default=None,
                         help="record this output for the failed step instead of calling the upstream again")
+    parser.add_argument("--outage", type=int, default=0, metavar="N",
+                        help="start N runs and recover them all with one bulk resume")
+    parser.add_argument("--rate", type=int, default=20, help="bulk resume: runs resumed per second (1-1000)")
     args = parser.parse_args(argv)
     if not args.token:
         parser.error("a token is required: --token or MESHHOOK_TOKEN")
 
     headers = {"Authorization": f"Bearer {args.token}"}
+    if args.outage:
+        return outage_main(args, headers)
     with httpx.Client(base_url=args.base_url, headers=headers, timeout=30) as client:
         try:
             project = call(client, "POST", "/projects", 201, json={"name": "resume example"})
@@ -148,6 +182,32 @@ def main(argv: list[str] | None = None) -> int:
                       "reused": [k for k, s in steps.items() if s["reused_from"]],
                       "output": steps["summary"]["output"]}))
     return 0 if resumed["status"] == "succeeded" else 1
+
+
+def outage_main(args: argparse.Namespace, headers: dict) -> int:
+    with httpx.Client(base_url=args.base_url, headers=headers, timeout=30) as client:
+        try:
+            project = call(client, "POST", "/projects", 201, json={"name": "outage example"})
+            workflow = call(client, "POST", f"/projects/{project['id']}/workflows", 201, json={
+                "slug": f"charge-{uuid.uuid4().hex[:8]}", "name": "Charge", "definition": definition(args.url)})
+            runs = [call(client, "POST", f"/workflows/{workflow['id']}/runs", 202, json={"input": {"amount": i}})["id"]
+                    for i in range(args.outage)]
+            statuses = [wait_for_run(client, run_id, args.timeout)["status"] for run_id in runs]
+            print(f"{statuses.count('failed')} of {len(runs)} runs failed at step 'charge'")
+            print("fix the upstream service, then press Enter to resume them all", flush=True)
+            sys.stdin.readline()
+            job = recover_after_outage(client, project["id"], workflow["id"], "charge", "upstream fixed",
+                                       args.rate, args.timeout)
+            new_runs = [i["new_run_id"] for i in job["items"] if i["new_run_id"]]
+            final = [wait_for_run(client, run_id, args.timeout)["status"] for run_id in new_runs]
+        except ApiError as exc:
+            print(exc, file=sys.stderr)
+            print(json.dumps(exc.problem), file=sys.stderr)
+            return 2
+    print(json.dumps({"bulk_id": job["id"], "status": job["status"], "matched": job["matched"],
+                      "accepted": job["accepted"], "runs": runs, "resumed_runs": new_runs,
+                      "succeeded": final.count("succeeded")}))
+    return 0 if job["status"] == "succeeded" and final.count("succeeded") == len(runs) else 1
 
 
 if __name__ == "__main__":
