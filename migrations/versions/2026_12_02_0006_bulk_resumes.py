@@ -65,7 +65,6 @@ create table bulk_resume_items (
   constraint fk_bulk_resume_items_job foreign key (bulk_id, project_id)
     references bulk_resumes (id, project_id) on delete cascade,
   constraint fk_bulk_resume_items_run foreign key (run_id, project_id) references runs (id, project_id)
-    on delete cascade  -- retention (MESHHOOK_RETENTION_DAYS) prunes old runs; their items go with them
     on delete cascade
 );
 create index ix_bulk_resume_items_run on bulk_resume_items (run_id);
