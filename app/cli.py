@@ -77,6 +77,8 @@ def cmd_serve(args) -> None:
         token = mint_dev_token(secret, str(uuid.uuid4()), issuer=settings.issuer, ttl_s=12 * 3600)
         print(f"\nMeshHook is starting on {base} (embedded PostgreSQL: {url})\n"
               f"A dev token (12 h) for a new user:\n  export TOKEN={token}\n"
+              f"The run console (the token rides in the URL fragment, which is never sent to a server):\n"
+              f"  {base}/console#token={token}\n"
               f"Try:\n  curl -s -X POST {base}/projects -H \"Authorization: Bearer $TOKEN\""
               f" -H 'Content-Type: application/json' -d '{{\"name\": \"demo\"}}'\n", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False,

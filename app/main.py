@@ -98,6 +98,10 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
         app.include_router(r, dependencies=[Security(bearer_scheme)])
     app.include_router(hooks_router)
 
+    from app.console.router import mount as mount_console
+
+    mount_console(app)
+
     @app.get("/healthz", tags=["health"], operation_id="health-live", summary="Liveness")
     async def healthz():
         return {"status": "ok"}
