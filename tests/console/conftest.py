@@ -58,4 +58,5 @@ async def screenshot(page, name: str) -> None:
     """Saves docs/console/<name>.png when MESHHOOK_SCREENSHOTS is set (the docs' pictures)."""
     if os.environ.get("MESHHOOK_SCREENSHOTS"):
         SHOTS.mkdir(parents=True, exist_ok=True)
+        await page.evaluate("() => { const t = document.getElementById('toast'); if (t) t.hidden = true; }")
         await page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)

@@ -277,7 +277,13 @@ async function runPage(runId) {
         } catch { /* the next event tries again */ }
       }, 100);
     }
-  }, { signal }).catch((err) => {
+  }, { signal }).then(async () => {
+    // The stream ended: the run settled. Draw the page again (actions, finish time, lineage) when
+    // its status changed since it was drawn.
+    if (signal.aborted) return;
+    const { data } = await api("GET", `/runs/${runId}`);
+    if (data.status !== run.status && !signal.aborted) await route();
+  }).catch((err) => {
     if (!signal.aborted) timeline.append(h("li", { class: "problem" }, `Stream error: ${err.message}`));
   });
 }
@@ -378,7 +384,7 @@ async function showPlan() {
   const list = (label, keys, cls) => h("div", { class: `plan-${cls}` }, h("strong", {}, `${label} (${keys.length}): `),
     keys.length ? keys.join(", ") : "none");
   planBox.replaceChildren(list("Reused", plan.reuse, "reuse"), list("Re-run", plan.rerun, "rerun"),
-    plan.override?.length ? list("Manual output", plan.override, "override") : null);
+    ...(plan.override?.length ? [list("Manual output", plan.override, "override")] : []));
   current.redraw(plan);
 }
 
