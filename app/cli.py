@@ -113,6 +113,8 @@ def cmd_serve(args) -> None:
         print(f"\nMeshHook is starting on {base} (embedded PostgreSQL: {url})\n"
               f"A dev token (12 h) for your dev user (the same user on every start; "
               f"`.venv/bin/meshhook token` prints a fresh one):\n  export TOKEN={token}\n"
+              f"The run console (the token rides in the URL fragment, which is never sent to a server):\n"
+              f"  {base}/console#token={token}\n"
               f"Try:\n  curl -s -X POST {base}/projects -H \"Authorization: Bearer $TOKEN\""
               f" -H 'Content-Type: application/json' -d '{{\"name\": \"demo\"}}'\n", flush=True)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None, access_log=False,

@@ -112,6 +112,10 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
         app.include_router(r, dependencies=[Security(bearer_scheme), Depends(canonical_path_ids)])
     app.include_router(hooks_router, dependencies=[Depends(canonical_path_ids)])
 
+    from app.console.router import mount as mount_console
+
+    mount_console(app)
+
     @app.get("/healthz", tags=["health"], operation_id="health-live", summary="Liveness")
     async def healthz():
         return {"status": "ok"}

@@ -30,7 +30,9 @@ def _rfc3339(value):
 
 
 Timestamp = Annotated[datetime, BeforeValidator(_rfc3339)]
-FINAL_EVENTS = {"run_succeeded", "run_failed", "run_cancelled"}
+# A stream ends when the run settles: finished, or paused (a paused run changes only by being cancelled;
+# a resume starts a new run with its own stream).
+FINAL_EVENTS = {"run_succeeded", "run_failed", "run_cancelled", "run_paused"}
 
 
 @router.post("/workflows/{workflow_id}/runs", status_code=202, response_model=RunDetail, operation_id="runs-start",
@@ -95,7 +97,10 @@ async def lineage(run_id: RunId, user: CurrentUser, db: DbDep):
             summary="The run's events: JSON, or a live Server-Sent Events stream with Accept: text/event-stream",
             description="With `Accept: text/event-stream` the response replays events after `Last-Event-ID` "
                         "(or `after`), then streams new ones as they commit, with a heartbeat comment every "
-                        "15 s, and ends after the run reaches succeeded, failed or cancelled.",
+                        "15 s, and ends after the run reaches succeeded, failed, cancelled or paused (reconnect "
+                        "with `Last-Event-ID` to follow a paused run that is later cancelled). Browsers: the "
+                        "native `EventSource` cannot send `Authorization`; read the stream with `fetch` and a "
+                        "`ReadableStream`, as the reference console at `/console` does.",
             responses=errors_for(401, 404, 422, 503) | {200: {"content": {"text/event-stream": {}}}})
 async def events(run_id: RunId, request: Request, user: CurrentUser, db: DbDep, after: EventsAfter = 0,
                  limit: EventsLimit = 500, last_event_id: LastEventId = None):

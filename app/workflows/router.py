@@ -40,3 +40,13 @@ async def add_version(workflow_id: WorkflowId, body: VersionCreate, user: Curren
 async def get_workflow(workflow_id: WorkflowId, user: CurrentUser, db: DbDep):
     async with db.user_scope(user.claims) as tx:
         return await service.get_workflow(tx, workflow_id)
+
+
+@router.get("/workflows/{workflow_id}/versions/{version}", response_model=WorkflowRead,
+            operation_id="workflows-versions-get",
+            summary="A workflow with one of its versions' definition (e.g. the version a run executed)",
+            responses=errors_for(401, 404, 422, 503))
+async def get_version(workflow_id: WorkflowId, version: Annotated[int, Path(ge=1, le=2_147_483_647)],
+                      user: CurrentUser, db: DbDep):
+    async with db.user_scope(user.claims) as tx:
+        return await service.get_workflow(tx, workflow_id, version)

@@ -72,7 +72,7 @@ class WorkflowRead(BaseModel):
     project_id: uuid.UUID
     slug: str
     name: str
-    version: int = Field(description="The latest version number")
+    version: int = Field(description="The version whose `definition` is shown (the latest unless one was asked for)")
     latest_version: int
     definition: DefinitionRead
     created_at: datetime

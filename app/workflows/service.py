@@ -116,9 +116,13 @@ async def add_version(tx: Tx, user: User, wf_id: uuid.UUID, definition: dict):
     return await repo.insert_version(wf_id, wf["project_id"], version, definition, user.id)
 
 
-async def get_workflow(tx: Tx, wf_id: uuid.UUID):
+async def get_workflow(tx: Tx, wf_id: uuid.UUID, version: int | None = None):
+    """The workflow with one version's definition: the latest, or the given one (404 when it does not exist)."""
     await workflow_for(tx, wf_id, "viewer")
-    return _read(await WorkflowRepository(tx).get_with_version(wf_id, None))
+    row = await WorkflowRepository(tx).get_with_version(wf_id, version)
+    if row is None:
+        raise NotFound(f"Workflow version {version} does not exist.")
+    return _read(row)
 
 
 def _read(row) -> dict:
