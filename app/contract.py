@@ -61,6 +61,8 @@ LOCATIONS = {
     "runs-pause": "`/runs/{run_id}`",
     "hooks-deliver": "`/runs/{run_id}` of the run the delivery started",
     "workflows-create": "`/workflows/{id}` of the new workflow",
+    "bulk-resumes-create": "`/bulk-resumes/{id}` of the new job (not on a dry run's 200)",
+    "bulk-resumes-cancel": "`/bulk-resumes/{bulk_id}`",
 }
 
 PUBLIC_TAGS = {"health", "hooks"}  # no bearer token: open, or signed the Standard Webhooks way

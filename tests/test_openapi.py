@@ -10,7 +10,7 @@ from app.main import create_app
 from tests.support import ROOT
 
 SPEC_PATH = ROOT / "openapi" / "openapi.json"
-PATH_PARAMETERS = {"project_id", "workflow_id", "run_id", "step_key", "name", "bulk_id"}
+PATH_PARAMETERS = {"version", "project_id", "workflow_id", "run_id", "step_key", "name", "bulk_id"}
 # DESIGN §6: every route, by operation id.
 OPERATIONS = {
     ("get", "/healthz"): "health-live",
@@ -24,6 +24,7 @@ OPERATIONS = {
     ("post", "/projects/{project_id}/workflows"): "workflows-create",
     ("post", "/workflows/{workflow_id}/versions"): "workflows-versions-create",
     ("get", "/workflows/{workflow_id}"): "workflows-get",
+    ("get", "/workflows/{workflow_id}/versions/{version}"): "workflows-versions-get",  # the console draws a run's version
     ("post", "/workflows/{workflow_id}/runs"): "runs-start",
     ("post", "/hooks/{workflow_id}"): "hooks-deliver",
     ("get", "/runs"): "runs-list",

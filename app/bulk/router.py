@@ -72,7 +72,8 @@ async def get(bulk_id: BulkId, user: CurrentUser, db: DbDep,
              responses=errors_for(401, 403, 404, 409, 422, 503))
 async def cancel(bulk_id: BulkId, request: Request, user: CurrentUser, db: DbDep):
     async with db.user_scope(user.claims) as tx:
-        return _json(202, await service.cancel(tx, user, bulk_id, RequestFacts.of(request)))
+        job = await service.cancel(tx, user, bulk_id, RequestFacts.of(request))
+    return _json(202, job, {"Location": f"/bulk-resumes/{bulk_id}"})
 
 
 @router.get("/bulk-resumes/{bulk_id}/events", response_model=BulkEventList, operation_id="bulk-resumes-events",

@@ -107,7 +107,6 @@ async def accept_hook(db: Database, cipher: Cipher, wf_id: uuid.UUID, body: byte
             pass  # a concurrent delivery with the same id won; read it below in a fresh transaction
         else:
             return run_id, False
-    assert delivery_id is not None  # only a delivery id can collide
     async with db.service_scope() as tx:
         existing = await RunRepository(tx).find_by_delivery(wf_id, msg_id)
     return _same_delivery(existing, digest)

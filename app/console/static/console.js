@@ -172,7 +172,12 @@ async function runPage(runId) {
   const steps = new Map(run.steps.map((s) => [s.key, s]));
   const editor = canEdit(run.project_id);
   const dagBox = h("div", { class: "dag-box", id: "dag" });
-  const redraw = (plan = null) => drawDag(dagBox, wf.definition, steps, plan);
+  // The plan shown while the resume dialog is open survives redraws caused by live events.
+  let shownPlan = null;
+  const redraw = (plan) => {
+    if (plan !== undefined) shownPlan = plan;
+    drawDag(dagBox, wf.definition, steps, shownPlan);
+  };
   redraw();
 
   const actions = h("div", { class: "actions" });
@@ -362,7 +367,7 @@ async function showPlan() {
   errBox.hidden = true;
   if (!stepSel.value) {
     planBox.replaceChildren(h("p", { class: "muted" }, "No step can be chosen."));
-    current.redraw();
+    current.redraw(null);
     return;
   }
   let plan;
@@ -378,7 +383,7 @@ async function showPlan() {
   } catch (err) {
     showProblem(errBox, err);
     planBox.replaceChildren();
-    current.redraw();
+    current.redraw(null);
     return;
   }
   const list = (label, keys, cls) => h("div", { class: `plan-${cls}` }, h("strong", {}, `${label} (${keys.length}): `),
@@ -406,7 +411,8 @@ function openResume(run, steps, redraw) {
 stepSel.addEventListener("change", showPlan);
 rerunBox.addEventListener("change", fillSteps);
 document.getElementById("resume-outputs").addEventListener("change", showPlan);
-document.getElementById("resume-cancel").addEventListener("click", () => { dialog.close(); current?.redraw(); });
+document.getElementById("resume-cancel").addEventListener("click", () => dialog.close());
+dialog.addEventListener("close", () => current?.redraw(null));
 form.addEventListener("submit", async (e) => {
   e.preventDefault();
   errBox.hidden = true;
