@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     worker_concurrency: int = Field(default=32, ge=1, le=1024)
+    # Fair share: at most this many runs of one project execute at once, across all workers.
+    project_max_running: int = Field(default=16, ge=1, le=100_000)
     poll_interval_s: float = Field(default=1.0, gt=0, le=60)
     lease_s: float = Field(default=30.0, gt=0.5, le=3600)
     shutdown_grace_s: float = Field(default=20.0, ge=0)

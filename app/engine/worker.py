@@ -1,6 +1,10 @@
 """The engine worker: LISTEN + polling fallback → claim with FOR UPDATE SKIP LOCKED and a
-lease → drive runs concurrently → heartbeat leases → on SIGTERM stop claiming, let
-in-flight work finish within a grace period and release the rest.
+lease (fair share: a per-project cap across workers and a per-project share of this worker's
+slots, both in the claim query) → drive runs concurrently → heartbeat leases → on SIGTERM stop
+claiming, let in-flight work finish within a grace period and release the rest.
+
+A notification naming a run this worker drives makes its driver read the run's control (an
+operator's cancel or pause) at once; the poll loop reads it for every driven run as the fallback.
 
 The listener has its own connection outside the pool and reconnects with backoff; every
 (re)connect wakes the claimer, which reconciles from the table (the table is the truth).
@@ -12,6 +16,7 @@ import contextlib
 import logging
 import os
 import socket
+import threading
 import uuid
 
 import asyncpg
@@ -47,6 +52,7 @@ class Worker:
         self.step_slots = asyncio.Semaphore(settings.worker_concurrency)
         self.dags = DagCache()
         self.active: dict[uuid.UUID, asyncio.Task] = {}
+        self.drivers: dict[uuid.UUID, RunDriver] = {}
         self._wake = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task] = []
@@ -101,6 +107,38 @@ class Worker:
     def wake_later(self, delay_s: float) -> None:
         asyncio.get_running_loop().call_later(delay_s + 0.01, self._wake.set)
 
+    @property
+    def worker_project_max(self) -> int:
+        """This worker's per-project share of its slots: one project never holds them all, so
+        another project's queued run always finds a free slot (unless concurrency is 1)."""
+        c = self.settings.worker_concurrency
+        return max(1, min(self.settings.project_max_running, c - max(1, c // 4)))
+
+    def on_notification(self, payload: str | None = None) -> None:
+        """A 'meshhook_runs' notification: look for work; if it names a run driven here (an
+        operator's cancel or pause), its driver reads the run's control now."""
+        self._wake.set()
+        if not payload or not self.drivers:
+            return
+        try:
+            run_id = uuid.UUID(payload)
+        except ValueError:
+            return
+        driver = self.drivers.get(run_id)
+        if driver is not None:
+            driver.check_control()
+
+    async def poll_controls(self) -> None:
+        """The polling fallback of the notification: pending controls of the runs driven here."""
+        if not self.drivers:
+            return
+        async with self.db.service_scope() as tx:
+            rows = await EngineRepository(tx).controls(list(self.drivers))
+        for r in rows:
+            driver = self.drivers.get(r["id"])
+            if driver is not None:
+                driver.control(r["control"])
+
     # ---- loops -------------------------------------------------------------------------
     async def _listen_loop(self) -> None:
         backoff = 0.1
@@ -111,7 +149,7 @@ class Worker:
                                              server_settings={"application_name": "meshhook-listener"})
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _c: lost.set())
-                await conn.add_listener(CHANNEL, lambda *_: self._wake.set())
+                await conn.add_listener(CHANNEL, lambda _c, _pid, _ch, payload: self.on_notification(payload))
                 self.listener_connects += 1
                 self.listening.set()
                 backoff = 0.1
@@ -141,6 +179,12 @@ class Worker:
         while not self._stopping:
             await asyncio.sleep(self.settings.poll_interval_s)
             self._wake.set()
+            try:
+                await self.poll_controls()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the next poll tries again
+                log.warning("control poll failed", extra={"worker": self.id, "error": type(exc).__name__})
 
     async def _heartbeat_loop(self) -> None:
         every = max(self.settings.lease_s / 3, 0.2)
@@ -168,7 +212,9 @@ class Worker:
                 continue  # a finishing run sets the wake-up again
             try:
                 async with self.db.service_scope() as tx:
-                    rows = await EngineRepository(tx).claim(self.id, free, self.settings.lease_s, list(self.active))
+                    rows = await EngineRepository(tx).claim(
+                        self.id, free, self.settings.lease_s, list(self.active),
+                        project_max=self.settings.project_max_running, worker_project_max=self.worker_project_max)
                 backoff = 0.05
             except asyncio.CancelledError:
                 raise
@@ -183,8 +229,10 @@ class Worker:
             for row in rows:
                 RUNS_CLAIMED.inc()
                 self.active[row["id"]] = asyncio.create_task(self._drive(row))
-            if len(rows) == free:
-                self._wake.set()  # there may be more waiting
+            if rows:
+                # There may be more waiting (a claim skips what the fair-share caps hold back, and
+                # other projects' runs may sit behind them): look again until a claim finds nothing.
+                self._wake.set()
 
     async def _drive(self, run) -> None:
         run_id = run["id"]
@@ -193,7 +241,13 @@ class Worker:
             if dag is None:  # versions are immutable: only the first run of one costs a read
                 async with self.db.service_scope() as tx:
                     dag = await self.dags.get(tx, run["workflow_id"], run["workflow_version"])
-            await RunDriver(self, run, dag).drive()
+            driver = RunDriver(self, run, dag)
+            self.drivers[run_id] = driver
+            try:
+                await driver.drive()
+            finally:
+                if self.drivers.get(run_id) is driver:
+                    del self.drivers[run_id]
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - the lease expires and another claim retries the run
@@ -235,3 +289,52 @@ class Worker:
         await stop.wait()
         log.info("shutting down", extra={"worker": self.id, "in_flight": len(self.active)})
         await self.stop()
+
+
+class WorkerThread:
+    """The in-process worker of `meshhook serve`, on its own thread and event loop: the engine's
+    work (pure steps, JSON, writes) never stalls the API's loop, and the API's requests never
+    stall the engine."""
+
+    def __init__(self, settings: Settings, database_url: str, cipher: Cipher, *, name: str = "api-inproc"):
+        self._args = (settings, database_url, cipher)
+        self._name = name
+        self.worker: Worker | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    async def start(self) -> None:
+        started: asyncio.Future = asyncio.get_running_loop().create_future()
+        caller = asyncio.get_running_loop()
+
+        def main() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+            try:
+                self.worker = Worker(*self._args, name=self._name)
+                loop.run_until_complete(self.worker.start())
+            except BaseException as exc:  # noqa: BLE001 - reported to the starter
+                caller.call_soon_threadsafe(started.set_exception, exc)
+                loop.close()
+                return
+            caller.call_soon_threadsafe(started.set_result, None)
+            try:
+                loop.run_forever()
+            finally:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.close()
+
+        self._thread = threading.Thread(target=main, name="meshhook-worker", daemon=True)
+        self._thread.start()
+        await started
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        loop, worker = self._loop, self.worker
+        if loop is None or worker is None or self._thread is None:
+            return
+        done = asyncio.run_coroutine_threadsafe(worker.stop(grace_s), loop)
+        with contextlib.suppress(Exception):
+            await asyncio.wrap_future(done)
+        loop.call_soon_threadsafe(loop.stop)
+        await asyncio.to_thread(self._thread.join, 10)
