@@ -29,6 +29,7 @@ ROWS = [
     ("pickup_poll_only_p99_ms", "pickup polling only, p99 (ms)", "≤ poll interval", None),
     ("worker_steps_per_s_1", "worker steps/s, 1 process", "≥ 1,000", None),
     ("worker_steps_per_s_2", "worker steps/s, 2 processes", "> 1 process", None),
+    ("fair_pickup_p99_ms", "pickup while another tenant has 100 slow runs, p99 (ms)", "≤ 1,000", None),
 ]
 
 
