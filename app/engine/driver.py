@@ -499,7 +499,12 @@ class RunDriver:
 
     async def drive(self) -> None:
         try:
-            await self.load()
+            if self.run["old_status"] == "queued" and self.run["trigger"] in ("api", "webhook"):
+                # Never driven before, created with every step pending (attempt 0): nothing to read.
+                for key in self.dag.steps:
+                    self.status[key] = "pending"
+            else:
+                await self.load()
             while True:
                 if self._may_start():
                     self._wake_due()

@@ -56,7 +56,9 @@ with leased as (
          jsonb_build_object('worker', $1::text)
   from u
 )
-select * from u
+select u.*, exists (select 1 from cand c left join leased l on l.project_id = c.project_id
+                    where c.rn + coalesce(l.n, 0) > $5::int or c.rn + coalesce(l.mine, 0) > $6::int) as capped
+from u
 """
 CLAIM_LOCK = 0x6D6573_68  # pg_advisory_xact_lock key serializing claims ("mesh")
 

@@ -42,8 +42,10 @@ class Worker:
         self.settings = settings
         self.cipher = cipher
         self.id = f"{socket.gethostname()}:{os.getpid()}:{name}:{uuid.uuid4().hex[:6]}"
-        # Steps hold a connection only to write; 8 (+8 overflow) keep up with 32 concurrent steps.
-        self.db = Database(database_url, pool_size=max(2, min(settings.worker_concurrency // 4, 8)),
+        # Steps hold a connection only to write. Half the slots (at most 16, + as many overflow) are
+        # kept open: a smaller kept pool churns (overflow connections closed and reopened, each
+        # re-preparing its statements) when demand hovers around it, e.g. one project at its cap.
+        self.db = Database(database_url, pool_size=max(2, min(settings.worker_concurrency // 2, 16)),
                            application_name="meshhook-worker", connect_timeout_s=settings.db_connect_timeout_s,
                            command_timeout_s=settings.db_command_timeout_s)
         self.notify = settings.notify_enabled if notify is None else notify
@@ -229,9 +231,9 @@ class Worker:
             for row in rows:
                 RUNS_CLAIMED.inc()
                 self.active[row["id"]] = asyncio.create_task(self._drive(row))
-            if rows:
-                # There may be more waiting (a claim skips what the fair-share caps hold back, and
-                # other projects' runs may sit behind them): look again until a claim finds nothing.
+            if len(rows) == free or (rows and rows[0]["capped"]):
+                # There may be more waiting: every free slot was filled, or the fair-share caps held
+                # some candidates back and other projects' runs may sit behind them.
                 self._wake.set()
 
     async def _drive(self, run) -> None:
