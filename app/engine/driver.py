@@ -432,7 +432,9 @@ class RunDriver:
                     retryable, retry_after = False, None
             if retryable:
                 self.failures[key] = self.failures.get(key, 0) + 1
-                if self.failures[key] < max(1, http_call.max_attempts(config)) and self._may_start():
+                # Scheduled even when the run is stopping: the settle phase turns a waiting step
+                # into cancelled/paused, and a SIGTERM hands the wait over to the next owner.
+                if self.failures[key] < max(1, http_call.max_attempts(config)):
                     self._schedule_retry(key, outcome, started, config, retry_after, secret_values)
                     await self.flush()
                     return

@@ -151,6 +151,45 @@ async def test_a_retry_after_60_wait_sleeps_in_the_database(faults_env, faults_l
     assert len(upstream.seen(name)) == 1  # nothing was sent after the cancel
 
 
+async def test_pause_during_a_retry_wait_pauses_the_step_and_sends_nothing(faults_env, faults_logs, faults_db,
+                                                                          make_user, upstream, procs):
+    """Pause lets in-flight requests finish; a step waiting for its next attempt is paused at once
+    and resuming from it runs it again in the new run."""
+    name = f"pause-{uuid.uuid4().hex[:8]}"
+    owner = make_user()
+    project = await owner.project("retry-pause")
+    wf = await owner.workflow(project, chain(
+        node("start", "webhook"),
+        node("call", "http_call", {"url": f"{upstream.url}/retry/{name}?after=60",
+                                   "retry": {"max_attempts": 3, "backoff_s": 1, "max_backoff_s": 120}})))
+    procs.append(start_worker({**faults_env, **EGRESS}, faults_logs, "pause"))
+    run_id = await owner.start(wf["id"])
+
+    async def waiting():
+        row = await step_row(faults_db, run_id, "call")
+        return row["wake_at"] is not None
+
+    await wait_for(waiting, 20, 0.05, "the step to wait for its next attempt")
+    r = await owner.post(f"/runs/{run_id}/pause")
+    assert r.status_code == 202, r.text
+    run = await owner.wait(run_id, timeout=15)
+    assert run["status"] == "paused"
+    assert steps_by_key(run)["call"]["status"] == "paused"
+    row = await step_row(faults_db, run_id, "call")
+    assert row["attempt"] == 1 and row["wake_at"] is None
+    assert len(upstream.seen(name)) == 1
+
+    r = await owner.resume(run_id, "call")
+    assert r.status_code == 202, r.text
+    child = r.json()["id"]
+
+    async def sent_again():
+        return len(upstream.seen(name)) == 2
+
+    await wait_for(sent_again, 20, 0.05, "the resumed run to call again")
+    await owner.post(f"/runs/{child}/cancel")
+
+
 async def test_an_unstorable_body_never_crashes_the_driver_or_resends(faults_env, faults_logs, faults_db,
                                                                       make_user, upstream, procs):
     """A JSON body holding NUL: stored escaped, or the step fails `unstorable_output`; either way
