@@ -32,8 +32,8 @@ class ExpressionLimit(Exception):
 
 @dataclass(frozen=True)
 class Limits:
-    max_steps: int = 1_000_000  # interpreter nodes visited + elements produced (+ function work)
-    max_seconds: float = 0.25  # wall time of one evaluation (one whole render for templates)
+    max_steps: int = 250_000  # interpreter nodes visited + elements produced (+ function work)
+    max_seconds: float = 0.2  # wall time of one evaluation (one whole render for templates)
     max_result_bytes: int = 4 * 1024 * 1024  # logical serialized size of a result / rendered value
 
 
