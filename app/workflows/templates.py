@@ -9,7 +9,7 @@ import jmespath
 import orjson
 from jmespath.exceptions import JMESPathError
 
-from app.storable import to_storable
+from app.storable import storable_text, to_storable
 from app.workflows.expressions import Budget, search
 
 TEMPLATE = re.compile(r"\{\{\s*(.*?)\s*\}\}", re.S)
@@ -94,7 +94,8 @@ def render(value: Any, context: dict, budget: Budget | None = None) -> Any:
     """`value` with every `{{ expr }}` replaced, all templates sharing one budget. Templated parts
     are made storable (NUL escaped, see app/storable.py), so the rendered value can be stored as is.
 
-    Raises ExpressionLimit, Unstorable or JMESPathError."""
+    Raises ExpressionLimit, Unstorable, or TemplateError (with a storable message) for an
+    expression error."""
     if budget is None:
         if not _has_template(value):
             return value
@@ -112,16 +113,24 @@ def _has_template(value: Any) -> bool:
     return False
 
 
+def _evaluate_template(expr: str, context: dict, budget: Budget) -> Any:
+    try:
+        return evaluate(expr, context, budget)
+    except JMESPathError as exc:
+        # Type errors quote the offending value, which may hold NUL: the message must be storable.
+        raise TemplateError(storable_text((str(exc).splitlines() or [type(exc).__name__])[0])) from None
+
+
 def _render(value: Any, context: dict, budget: Budget) -> Any:
     if isinstance(value, str):
         if "{{" not in value:
             return value
         m = TEMPLATE.fullmatch(value.strip())
         if m and value.strip().count("{{") == 1:
-            return to_storable(evaluate(m.group(1), context, budget))
+            return to_storable(_evaluate_template(m.group(1), context, budget))
 
         def sub(match: re.Match) -> str:
-            v = evaluate(match.group(1), context, budget)
+            v = _evaluate_template(match.group(1), context, budget)
             if isinstance(v, str):
                 return v
             if v is None:

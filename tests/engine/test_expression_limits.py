@@ -117,3 +117,13 @@ def test_steps_fail_with_a_typed_error_and_never_raise():
     bad = transform.execute({"expression": 'abs(`"a\\u0000b"`)'}, ctx())
     assert bad.error["type"] == "expression_error" and "\x00" not in bad.error["message"]
     assert "a\\u0000b" in bad.error["message"]
+
+
+def test_a_template_error_carries_a_storable_message():
+    from app.workflows.templates import TemplateError
+
+    with pytest.raises(TemplateError) as info:
+        render({"url": 'https://x.test/{{ abs(`"a\\u0000b"`) }}'}, ctx())
+    assert "\x00" not in str(info.value) and "a\\u0000b" in str(info.value)
+    t = terminate.execute({"status": "succeeded", "message": '{{ abs(`"\\u0000"`) }}'}, ctx())
+    assert t.error["type"] == "expression_error" and "\x00" not in t.error["message"]

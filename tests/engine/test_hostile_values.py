@@ -10,7 +10,7 @@ import time
 import httpx
 
 from tests.conftest import linear, steps_by_key
-from tests.engine.conftest import node, edge, run_definition, step_detail, uniq
+from tests.engine.conftest import edge, node, run_definition, step_detail, uniq
 from tests.support import PNG_1X1
 
 DOUBLING = "input.v" + " | [@,@]" * 26  # 215 characters; 2^26 leaves once serialized
@@ -118,3 +118,18 @@ async def test_a_result_without_a_storable_form_fails_the_step_with_unstorable_o
     for key, error in failed.items():
         detail = await step_detail(owner, run["id"], key)
         assert detail["error"] == error and detail["attempt"] == 1
+
+
+async def test_a_template_that_blows_up_or_quotes_nul_fails_its_step_before_any_request(owner, world):
+    project = await owner.project()
+    cases = {"huge": ({"method": "POST", "body": {"x": "{{ to_string(" + DOUBLING + ") }}"}}, "over the limit"),
+             "nul": ({"query": {"q": '{{ abs(`"a\\u0000b"`) }}'}}, "a\\u0000b")}
+    for key, (config, says) in cases.items():
+        name = uniq("ok")
+        run = await run_definition(owner, linear(("start", "webhook", {}),
+                                                 (key, "http_call", {"url": f"{world.url}/ok/{name}", **config})),
+                                   {"v": 1}, project_id=project)
+        assert run["status"] == "failed", run
+        assert world.seen(name) == []  # the request was never sent
+        error = steps_by_key(run)[key]["error"]
+        assert says in error["message"] and "\x00" not in error["message"], error

@@ -11,7 +11,13 @@ import orjson
 import pytest
 
 from app.engine.steps.bodies import decode_body
-from app.storable import MAX_JSON_DEPTH, NUL_ESCAPE, Unstorable, storable_text, to_storable
+from app.storable import (
+    MAX_JSON_DEPTH,
+    NUL_ESCAPE,
+    Unstorable,
+    storable_text,
+    to_storable,
+)
 from tests.support import BYTES_BODIES, PNG_1X1
 
 

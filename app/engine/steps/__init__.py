@@ -8,6 +8,7 @@ from jmespath.exceptions import JMESPathError
 
 from app.storable import Unstorable, storable_text
 from app.workflows.expressions import ExpressionLimit
+from app.workflows.templates import TemplateError
 
 
 @dataclass
@@ -17,7 +18,7 @@ class StepOutcome:
     error: dict[str, Any] | None = None
 
 
-EXPRESSION_FAILURES = (ExpressionLimit, Unstorable, JMESPathError)
+EXPRESSION_FAILURES = (ExpressionLimit, Unstorable, JMESPathError, TemplateError)
 
 
 def expression_failed(exc: Exception, output: Any = None) -> StepOutcome:
