@@ -103,6 +103,16 @@ def _too_deep(max_depth: int) -> Unstorable:
     return Unstorable(f"a value nesting deeper than {max_depth} levels cannot be stored")
 
 
+def _member(item: Any, depth: int, max_depth: int, done: dict[int, tuple[Any, Any, int]]) -> tuple[Any, int]:
+    """(storable form, height counted from its parent) of one element found at `depth`."""
+    if isinstance(item, str):
+        return (item if item.isascii() and "\x00" not in item else storable_text(item)), 1
+    if isinstance(item, (list, dict)):
+        new, h = _container(item, depth, max_depth, done)
+        return new, h + 1
+    return _scalar(item), 1
+
+
 def _container(value: Any, depth: int, max_depth: int, done: dict[int, tuple[Any, Any, int]]) -> tuple[Any, int]:
     """(storable form, height) of a list or dict. `done` maps id -> (original, converted, height);
     the original is kept so that its id cannot be reused meanwhile."""
@@ -119,18 +129,8 @@ def _container(value: Any, depth: int, max_depth: int, done: dict[int, tuple[Any
     if isinstance(value, list):
         out = []
         for item in value:
-            if isinstance(item, str):
-                new = item if item.isascii() and "\x00" not in item else storable_text(item)
-                height = height or 1
-            elif isinstance(item, (list, dict)):
-                new, h = _container(item, depth + 1, max_depth, done)
-                if h >= height:
-                    height = h + 1
-            else:
-                new = _scalar(item)
-                height = height or 1
-            if new is not item:
-                changed = True
+            new, h = _member(item, depth + 1, max_depth, done)
+            height, changed = max(height, h), changed or new is not item
             out.append(new)
     else:
         out = {}
@@ -138,18 +138,8 @@ def _container(value: Any, depth: int, max_depth: int, done: dict[int, tuple[Any
             if not isinstance(k, str):
                 raise Unstorable(f"an object key of type {type(k).__name__} cannot be stored in JSON")
             key = k if k.isascii() and "\x00" not in k else storable_text(k)
-            if isinstance(item, str):
-                new = item if item.isascii() and "\x00" not in item else storable_text(item)
-                height = height or 1
-            elif isinstance(item, (list, dict)):
-                new, h = _container(item, depth + 1, max_depth, done)
-                if h >= height:
-                    height = h + 1
-            else:
-                new = _scalar(item)
-                height = height or 1
-            if new is not item or key is not k:
-                changed = True
+            new, h = _member(item, depth + 1, max_depth, done)
+            height, changed = max(height, h), changed or new is not item or key is not k
             out[key] = new
     if depth + height > max_depth:
         raise _too_deep(max_depth)

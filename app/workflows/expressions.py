@@ -168,24 +168,24 @@ def _cost_sort(b: Budget, args: list) -> None:
         b.charge(int(len(array) * math.log2(len(array))))
 
 
+def _charge_output(b: Budget, function: str, size: int) -> None:
+    """A function about to build `size` bytes of text: refused over the result limit, else charged."""
+    if size > b.limits.max_result_bytes:
+        raise ExpressionLimit(f"{function}() would produce {size:,} bytes, over the limit of "
+                              f"{b.limits.max_result_bytes:,} bytes")
+    b.charge(size >> 5)
+
+
 def _cost_to_string(b: Budget, args: list) -> None:
     value = args[0]
     if not isinstance(value, str):
-        size = b.measure(value)[0]
-        if size > b.limits.max_result_bytes:
-            raise ExpressionLimit(f"to_string() would produce {size:,} bytes, over the limit of "
-                                  f"{b.limits.max_result_bytes:,} bytes")
-        b.charge(size >> 5)
+        _charge_output(b, "to_string", b.measure(value)[0])
 
 
 def _cost_join(b: Budget, args: list) -> None:
     sep, array = args
     if isinstance(sep, str) and isinstance(array, list) and all(isinstance(s, str) for s in array):
-        size = sum(map(len, array)) + len(sep) * max(len(array) - 1, 0)
-        if size > b.limits.max_result_bytes:
-            raise ExpressionLimit(f"join() would produce {size:,} characters, over the limit of "
-                                  f"{b.limits.max_result_bytes:,}")
-        b.charge(size >> 5)
+        _charge_output(b, "join", sum(map(len, array)) + len(sep) * max(len(array) - 1, 0))
 
 
 def _cost_contains(b: Budget, args: list) -> None:
