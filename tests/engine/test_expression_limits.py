@@ -127,3 +127,11 @@ def test_a_template_error_carries_a_storable_message():
     assert "\x00" not in str(info.value) and "a\\u0000b" in str(info.value)
     t = terminate.execute({"status": "succeeded", "message": '{{ abs(`"\\u0000"`) }}'}, ctx())
     assert t.error["type"] == "expression_error" and "\x00" not in t.error["message"]
+
+
+def test_constant_time_functions_are_not_charged_for_the_size_of_their_arguments():
+    data = ctx(items=list(range(50_000)))
+    assert evaluate("length(input.items)", data, Budget(SMALL)) == 50_000
+    assert evaluate("type(input.items)", data, Budget(SMALL)) == "array"
+    with pytest.raises(ExpressionLimit):
+        evaluate("sum(input.items)", data, Budget(SMALL))
