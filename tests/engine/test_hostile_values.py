@@ -42,7 +42,7 @@ async def test_a_blowup_expression_fails_with_expression_limit_while_the_api_sta
 
     prober = asyncio.create_task(probe())
     try:
-        run_ids = [await owner.start(wf["id"], {"v": 1}) for wf in [*wfs, branchy] for _ in range(3)]
+        run_ids = [await owner.start(wf["id"], {"v": 1}) for wf in [*wfs, branchy] for _ in range(2)]
         runs = [await owner.wait(run_id, timeout=60) for run_id in run_ids]
     finally:
         stop.set()
