@@ -96,21 +96,7 @@ def render(value: Any, context: dict, budget: Budget | None = None) -> Any:
 
     Raises ExpressionLimit, Unstorable, or TemplateError (with a storable message) for an
     expression error."""
-    if budget is None:
-        if not _has_template(value):
-            return value
-        budget = Budget()
-    return _render(value, context, budget)
-
-
-def _has_template(value: Any) -> bool:
-    if isinstance(value, str):
-        return "{{" in value
-    if isinstance(value, dict):
-        return any(_has_template(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_has_template(v) for v in value)
-    return False
+    return _render(value, context, budget or Budget())
 
 
 def _evaluate_template(expr: str, context: dict, budget: Budget) -> Any:

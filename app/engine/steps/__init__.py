@@ -21,7 +21,7 @@ class StepOutcome:
 EXPRESSION_FAILURES = (ExpressionLimit, Unstorable, JMESPathError, TemplateError)
 
 
-def expression_failed(exc: Exception, output: Any = None) -> StepOutcome:
+def expression_failed(exc: Exception) -> StepOutcome:
     """The failed outcome of a step whose expression raised one of EXPRESSION_FAILURES:
     `expression_limit`, `unstorable_output` or `expression_error`, with a storable message."""
     if isinstance(exc, (ExpressionLimit, Unstorable)):
@@ -30,4 +30,4 @@ def expression_failed(exc: Exception, output: Any = None) -> StepOutcome:
         type_ = "expression_error"
     # JMESPath errors quote the offending value, which may hold NUL: keep the first line, storable.
     message = storable_text((str(exc).splitlines() or [type(exc).__name__])[0][:500])
-    return StepOutcome("failed", output, {"type": type_, "message": message})
+    return StepOutcome("failed", error={"type": type_, "message": message})
