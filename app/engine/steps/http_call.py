@@ -15,6 +15,7 @@ import httpx
 import orjson
 
 from app.engine.steps import StepOutcome
+from app.engine.steps.bodies import decode_body
 
 RETRY_STATUS = {408, 429}
 MAX_BODY_READ = 4 * 1024 * 1024
@@ -65,13 +66,7 @@ async def _read_capped(resp: httpx.Response) -> tuple[bytes, bool]:
 
 
 def _parse_body(resp: httpx.Response, content: bytes, cut: bool) -> Any:
-    ctype = resp.headers.get("content-type", "")
-    if "json" in ctype and not cut:
-        try:
-            return orjson.loads(content)
-        except orjson.JSONDecodeError:
-            pass
-    return content.decode("utf-8", errors="replace")
+    return decode_body(content, resp.headers.get("content-type", ""), cut)
 
 
 @dataclass
