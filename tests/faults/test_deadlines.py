@@ -4,6 +4,7 @@ held, nothing sent after a cancel). Real worker processes, a loopback upstream t
 request it receives, the private PostgreSQL."""
 from __future__ import annotations
 
+import itertools
 import uuid
 from datetime import datetime
 
@@ -30,7 +31,7 @@ def node(key: str, type_: str, config: dict | None = None) -> dict:
 
 def chain(*nodes: dict) -> dict:
     return {"nodes": list(nodes),
-            "edges": [{"source": a["id"], "target": b["id"]} for a, b in zip(nodes, nodes[1:])]}
+            "edges": [{"source": a["id"], "target": b["id"]} for a, b in itertools.pairwise(nodes)]}
 
 
 async def step_row(db, run_id: str, key: str):

@@ -83,7 +83,7 @@ async def test_a_tenant_with_100_slow_runs_does_not_keep_another_waiting(faults_
     record("fair_share", b_runs=100, b_peak_running=peak, a_runs=len(waits),
            a_pickup_p50_ms=round(percentile(waits, 50) * 1e3, 1), a_pickup_p99_ms=round(percentile(waits, 99) * 1e3, 1))
     # B was still busy the whole time (nothing of B finished: each call takes a minute) ...
-    assert dict((r["status"], r["count"]) for r in b_statuses).get("succeeded", 0) == 0
+    assert {r["status"]: r["count"] for r in b_statuses}.get("succeeded", 0) == 0
     # ... never above its cap across both workers, and A was served all along.
     assert peak <= 16
     assert len(waits) == 10

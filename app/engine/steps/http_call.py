@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import random
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -43,8 +43,8 @@ def backoff_s(config: dict, failures: int, retry_after: str | None) -> float:
         try:
             when = parsedate_to_datetime(retry_after)
             if when.tzinfo is None:
-                when = when.replace(tzinfo=timezone.utc)
-            return max(0.0, min((when - datetime.now(timezone.utc)).total_seconds(), cap))
+                when = when.replace(tzinfo=UTC)
+            return max(0.0, min((when - datetime.now(UTC)).total_seconds(), cap))
         except (TypeError, ValueError, IndexError, OverflowError):
             pass
     return random.uniform(0, min(cap, base * (2 ** max(failures - 1, 0))))
