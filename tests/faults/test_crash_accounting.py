@@ -208,3 +208,43 @@ async def test_attempts_and_events_stay_exact_across_sigkills(faults_env, faults
            attempts_lost=lost_total, requests_sent=sum(sent.values()),
            attempts_stored=sum(r["attempt"] for r in rows if r["step_key"] in HTTP))
     assert kills == KILLS and taken_over > 0 and hit > 0  # the kills hit requests in flight
+
+
+async def test_a_takeover_records_the_lost_attempt_and_sends_the_next_number(faults_env, faults_logs, faults_db,
+                                                                             make_user, upstream, procs):
+    """Killed in the middle of a request, a worker's attempt is not reused: the next owner records
+    it as `worker_lost` (its real start time kept) and sends attempt 2, stored before it goes out."""
+    tag = f"lost-{uuid.uuid4().hex[:8]}"
+    owner = make_user()
+    project = await owner.project("takeover")
+    wf = (await owner.workflow(project, {
+        "nodes": [node("start", "webhook"), node("call", "http_call", {"url": f"{upstream.url}/slow/{tag}?s=3"})],
+        "edges": [{"source": "start", "target": "call"}]}))["id"]
+    env = {**faults_env, **EGRESS, "MESHHOOK_LEASE_S": LEASE_S}
+    first = start_worker(env, faults_logs, "first")
+    procs.append(first)
+    run_id = await owner.start(wf)
+    deadline = time.monotonic() + 30
+    while not upstream.seen(tag):
+        assert time.monotonic() < deadline, "the first worker never sent the request"
+        await asyncio.sleep(0.02)
+    first.kill()
+    procs.append(start_worker(env, faults_logs, "second"))
+    await wait_final(faults_db, [run_id], 60, "the taken-over run")
+
+    row = await faults_db.fetchrow("select status, attempt, attempts from step_runs where run_id = $1"
+                                   " and step_key = 'call'", uuid.UUID(run_id))
+    assert row["status"] == "succeeded" and row["attempt"] == 2
+    lost, ok = row["attempts"]
+    assert (lost["attempt"], lost["status"], lost["error"]["type"]) == (1, "worker_lost", "worker_lost")
+    assert (ok["attempt"], ok["status"]) == (2, "succeeded")
+    sent = upstream.seen(tag)
+    assert len(sent) == 2 and {r["idempotency_key"] for r in sent} == {f"{run_id}:call"}
+    # The lost attempt keeps the time it was sent, not the takeover's.
+    assert abs(datetime.fromisoformat(lost["started_at"]).timestamp() - sent[0]["started"]) < 1.0
+    assert datetime.fromisoformat(lost["finished_at"]) <= datetime.fromisoformat(ok["started_at"])
+    evs = await faults_db.fetch("select type, step_key, payload from run_events where run_id = $1 order by id",
+                                uuid.UUID(run_id))
+    call = [(e["type"], e["payload"].get("attempt")) for e in evs if e["step_key"] == "call"]
+    assert call == [("step_started", 1), ("step_retrying", 1), ("step_started", 2), ("step_succeeded", 2)]
+    assert [e["type"] for e in evs if e["step_key"] is None][-1] == "run_succeeded"
