@@ -368,7 +368,7 @@ class RunDriver:
         """One attempt of an http_call step: store the attempt number, send, then settle the step or
         schedule the next attempt (a retry wait, durable when long)."""
         step = self.dag.steps[key]
-        async with self.w.step_slots:
+        async with self.w.step_slot(self.project_id):
             if not self._may_start():
                 if self.status.get(key) == "running" and self.attempt.get(key, 0) == 0:
                     self.status[key] = "pending"  # never started: the settle phase decides

@@ -18,6 +18,7 @@ import os
 import socket
 import threading
 import uuid
+from collections.abc import AsyncIterator
 
 import asyncpg
 import httpx
@@ -52,6 +53,7 @@ class Worker:
         self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=settings.worker_concurrency * 2),
                                       follow_redirects=False)
         self.step_slots = asyncio.Semaphore(settings.worker_concurrency)
+        self._project_slots: dict[uuid.UUID, list] = {}  # project -> [semaphore, users]
         self.dags = DagCache()
         self.active: dict[uuid.UUID, asyncio.Task] = {}
         self.drivers: dict[uuid.UUID, RunDriver] = {}
@@ -115,6 +117,22 @@ class Worker:
         another project's queued run always finds a free slot (unless concurrency is 1)."""
         c = self.settings.worker_concurrency
         return max(1, min(self.settings.project_max_running, c - max(1, c // 4)))
+
+    @contextlib.asynccontextmanager
+    async def step_slot(self, project_id: uuid.UUID) -> AsyncIterator[None]:
+        """A slot for one in-flight request. One project's requests hold at most its share of the
+        worker's slots (parallel branches of its runs included), so they never hold them all."""
+        entry = self._project_slots.get(project_id)
+        if entry is None:
+            entry = self._project_slots[project_id] = [asyncio.Semaphore(self.worker_project_max), 0]
+        entry[1] += 1
+        try:
+            async with entry[0], self.step_slots:
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._project_slots[project_id]
 
     def on_notification(self, payload: str | None = None) -> None:
         """A 'meshhook_runs' notification: look for work; if it names a run driven here (an

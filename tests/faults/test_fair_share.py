@@ -115,3 +115,36 @@ async def test_inside_one_worker_a_project_never_holds_every_slot(faults_env, fa
         assert await leased_running(faults_db, project_b) == 3
     finally:
         await cancel_all(b, b_runs)
+
+
+async def test_one_run_with_many_parallel_calls_leaves_slots_for_another_project(faults_env, faults_logs, faults_db,
+                                                                                 make_user, upstream, procs):
+    name = f"fan-{uuid.uuid4().hex[:8]}"
+    b, a = make_user(), make_user()
+    project_b, project_a = await b.project("tenant-b"), await a.project("tenant-a")
+    fan = {"nodes": [{"id": "start", "data": {"type": "webhook"}}]
+           + [{"id": f"c{i}", "data": {"type": "http_call", "config": {
+               "url": f"{upstream.url}/trickle/{name}?bytes=60&every=1", "timeout_s": 90}}} for i in range(6)],
+           "edges": [{"source": "start", "target": f"c{i}"} for i in range(6)]}
+    call = {"nodes": [{"id": "start", "data": {"type": "webhook"}},
+                      {"id": "call", "data": {"type": "http_call", "config": {"url": f"{upstream.url}/ok/{name}-a"}}}],
+            "edges": [{"source": "start", "target": "call"}]}
+    wf_b = (await b.workflow(project_b, fan))["id"]
+    wf_a = (await a.workflow(project_a, call))["id"]
+    procs.append(start_worker({**faults_env, **EGRESS, "MESHHOOK_WORKER_CONCURRENCY": "4"}, faults_logs, "fan"))
+    b_run = await b.start(wf_b)
+
+    async def calls_in_flight():
+        n = await faults_db.fetchval("select count(*) from step_runs where run_id = $1 and status = 'running'",
+                                     uuid.UUID(b_run))
+        return n if n >= 3 else None
+
+    try:
+        assert await wait_for(calls_in_flight, 30, 0.1, "tenant B's calls to start") == 3  # its share of 4
+        rid = await a.start(wf_a)
+        run = await a.wait(rid, timeout=20)
+        assert run["status"] == "succeeded", run
+        assert len(upstream.seen(f"{name}-a")) == 1
+        assert (await b.run(b_run))["status"] == "running"
+    finally:
+        await cancel_all(b, [b_run])
