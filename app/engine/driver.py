@@ -483,6 +483,12 @@ class RunDriver:
                     self.sleeping[key] = r["wake_at"]
                     if r["step_type"] == "http_call":
                         self.retry_waits.add(key)
+                elif r["step_type"] == "http_call" and any(
+                        isinstance(a, dict) and a.get("attempt") == r["attempt"] for a in attempts):
+                    # Its current attempt is already closed (e.g. recorded lost by an owner that died
+                    # before sending the next one): the next attempt is due now.
+                    self.sleeping[key] = now
+                    self.retry_waits.add(key)
                 elif r["step_type"] == "http_call":
                     # Its worker died with this attempt in flight (the request may or may not have gone
                     # out): record the attempt as lost, never reuse its number; the next one follows.
