@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
 
 import httpx
@@ -13,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from app.api import Problem, bearer_scheme, errors_for
 from app.auth.jwt import TokenVerifier
 from app.db.engine import Database
-from app.errors import DatabaseUnavailable, install_error_handlers
+from app.errors import DatabaseUnavailable, Unauthorized, install_error_handlers
 from app.middleware import RequestContextMiddleware
 from app.secrets.crypto import Cipher
 from app.settings import Settings, get_settings
@@ -34,7 +35,8 @@ OPENAPI_TAGS = [
     {"name": "resume", "description": "Resume a failed, paused or cancelled run from a chosen step, or preview it."},
     {"name": "hooks", "description": "Signed webhook deliveries that start runs (no bearer token)."},
     {"name": "audit", "description": "The append-only audit log of a project (owners only)."},
-    {"name": "health", "description": "Liveness, readiness and Prometheus metrics (no bearer token)."},
+    {"name": "health", "description": "Liveness, readiness (no bearer token) and Prometheus metrics (a bearer "
+                                      "token only when MESHHOOK_METRICS_TOKEN is set)."},
 ]
 
 
@@ -115,8 +117,15 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
         return {"status": "ready"}
 
     @app.get("/metrics", tags=["health"], operation_id="health-metrics", summary="Prometheus metrics",
-             response_class=PlainTextResponse)
-    async def metrics():
+             description="Open when MESHHOOK_METRICS_TOKEN is unset; otherwise requires "
+                         "`Authorization: Bearer <MESHHOOK_METRICS_TOKEN>` (DESIGN §9.5).",
+             response_class=PlainTextResponse, responses=errors_for(401))
+    async def metrics(request: Request):
+        expected = settings.metrics_token
+        if expected is not None:
+            scheme, _, sent = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(sent.strip().encode(), expected.encode()):
+                raise Unauthorized("The metrics token is missing or wrong.", token_sent=bool(sent))
         return PlainTextResponse(generate_latest().decode(), media_type=CONTENT_TYPE_LATEST)
 
     # Make sure the shared problem schema is in the spec even where FastAPI would inline it.

@@ -3,10 +3,16 @@ from __future__ import annotations
 
 import base64
 from functools import lru_cache
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from app.egress.policy import EgressPolicy
+
+
+LOCAL_ISSUER = "meshhook-local"
 
 
 class Settings(BaseSettings):
@@ -51,6 +57,10 @@ class Settings(BaseSettings):
     db_connect_timeout_s: float = Field(default=2.0, gt=0)
     db_pool_timeout_s: float = Field(default=10.0, gt=0)  # wait for a free pooled connection (load)
     db_command_timeout_s: float = Field(default=15.0, gt=0)
+    # Tenant safety (DESIGN §9): exceptions to the public-only egress rule, and the token that
+    # /metrics requires when set.
+    egress_allow: str = ""
+    metrics_token: str | None = None
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -71,6 +81,19 @@ class Settings(BaseSettings):
         if len(raw) != 32:
             raise ValueError("must be base64 of exactly 32 bytes")
         return v
+
+    @field_validator("egress_allow")
+    @classmethod
+    def _check_egress(cls, v):
+        from app.egress.policy import EgressPolicy
+
+        EgressPolicy.from_setting(v)  # ValueError names the bad entry
+        return v
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _check_metrics_token(cls, v):
+        return v or None
 
     @field_validator("database_url")
     @classmethod
@@ -101,12 +124,20 @@ class Settings(BaseSettings):
         return level
 
     @property
-    def issuer(self) -> str | None:
+    def issuer(self) -> str:
+        """The `iss` every token must carry, HS256 included (DESIGN §9.5). Without Supabase it is
+        a fixed local issuer, which the dev tokens of `meshhook token` / `serve` carry."""
         if self.supabase_jwt_issuer:
             return self.supabase_jwt_issuer
         if self.supabase_url:
             return self.supabase_url.rstrip("/") + "/auth/v1"
-        return None
+        return LOCAL_ISSUER
+
+    @property
+    def egress_policy(self) -> "EgressPolicy":
+        from app.egress.policy import EgressPolicy
+
+        return EgressPolicy.from_setting(self.egress_allow)
 
     @property
     def jwks_url(self) -> str | None:

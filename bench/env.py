@@ -38,6 +38,8 @@ def service_env(database_url: str, **extra: str) -> dict:
         "DATABASE_URL": database_url, "SUPABASE_URL": SUPABASE_URL, "SUPABASE_JWT_SECRET": HS_SECRET,
         "MESHHOOK_SECRET_KEY": SECRET_KEY, "MESHHOOK_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1",
         "MESHHOOK_SHUTDOWN_GRACE_S": "2",
+        # The benchmark's upstreams run on loopback; tenant calls are public-only otherwise (§9.1).
+        "MESHHOOK_EGRESS_ALLOW": "127.0.0.0/8",
     })
     env.update(extra)
     return env

@@ -4,6 +4,7 @@ creating their own users and projects, so nothing needs truncating between tests
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import json
@@ -61,8 +62,10 @@ def logs_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def service_env(database_url, jwks_server):
-    return support.service_env(database_url, jwks_server.url)
+def service_env(database_url, jwks_server, world):
+    # Tenant calls reach public addresses only (DESIGN §9.1); the tests' upstream is on loopback,
+    # so the service opens exactly its port.
+    return support.service_env(database_url, jwks_server.url, MESHHOOK_EGRESS_ALLOW=support.egress_allow(world))
 
 
 @pytest.fixture(scope="session")
@@ -176,10 +179,14 @@ def linear(*nodes: tuple[str, str, dict]) -> dict:
     return {"nodes": ns, "edges": es}
 
 
-def sign_hook(secret: str, body: bytes, ts: int | None = None) -> dict:
+def sign_hook(secret: str, body: bytes, ts: int | None = None, msg_id: str | None = None) -> dict:
+    """Standard Webhooks headers for `body`, written out by hand (the spec, not the service's code):
+    the key is the base64 after `whsec_`, the signature `v1,<base64 HMAC-SHA256 of id.ts.body>`."""
     ts = ts or int(time.time())
-    sig = hmac.new(secret.encode(), f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
-    return {"X-MeshHook-Signature": f"sha256={sig}", "X-MeshHook-Timestamp": str(ts),
+    msg_id = msg_id or f"msg_{uuid.uuid4().hex}"
+    key = base64.b64decode(secret.removeprefix("whsec_") + "==")
+    sig = base64.b64encode(hmac.new(key, f"{msg_id}.{ts}.".encode() + body, hashlib.sha256).digest()).decode()
+    return {"webhook-id": msg_id, "webhook-timestamp": str(ts), "webhook-signature": f"v1,{sig}",
             "Content-Type": "application/json"}
 
 

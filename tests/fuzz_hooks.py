@@ -4,10 +4,12 @@ instead of stopping at the signature check. Cases whose generated headers alread
 keep it, so bad signatures are fuzzed too."""
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import os
 import time
+import uuid
 
 import schemathesis
 from schemathesis.core import NOT_SET
@@ -26,7 +28,7 @@ def before_call(context, case, kwargs):
     if case.operation.path != "/hooks/{workflow_id}" or not SECRET:
         return
     headers = case.headers if case.headers is not None else {}
-    if any(k.lower() in ("x-meshhook-signature", "x-meshhook-timestamp") for k in headers) or _negative(case):
+    if any(k.lower() in ("webhook-signature", "webhook-timestamp", "webhook-id") for k in headers) or _negative(case):
         return  # leave generated (possibly invalid) signing headers alone: they must be rejected
     body = case.body
     if body is NOT_SET:
@@ -40,7 +42,10 @@ def before_call(context, case, kwargs):
 
         raw = requests_json.dumps(body, allow_nan=False).encode("utf-8")
     ts = str(int(time.time()))
-    headers["X-MeshHook-Timestamp"] = ts
-    headers["X-MeshHook-Signature"] = "sha256=" + hmac.new(SECRET.encode(), ts.encode() + b"." + raw,
-                                                          hashlib.sha256).hexdigest()
+    msg_id = f"fuzz_{uuid.uuid4().hex}"
+    key = base64.b64decode(SECRET.removeprefix("whsec_") + "==")
+    headers["webhook-id"] = msg_id
+    headers["webhook-timestamp"] = ts
+    headers["webhook-signature"] = "v1," + base64.b64encode(
+        hmac.new(key, f"{msg_id}.{ts}.".encode() + raw, hashlib.sha256).digest()).decode()
     case.headers = headers

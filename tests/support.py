@@ -158,7 +158,10 @@ BYTES_BODIES = {
 class World:
     """A local HTTP server for http_call steps. Behaviour is chosen by path:
 
-    /ok/<name>              200 JSON echo of the request (method, headers, query, body)
+    /ok/<name>              200 JSON echo of the request (method, url as sent, headers, query, body);
+                            ?status=N answers the same echo with status N
+    /last/<name>            200 JSON echo of the last request made to /ok/<name> (an upstream that
+                            remembers what it was sent, and tells whoever asks)
     /status/<code>/<name>   that status, JSON {"code": …}
     /flaky/<name>?fail=N    500 for the first N requests of <name>, then 200
     /gate/<name>            500 while the gate <name> is closed, 200 once opened (World.open)
@@ -204,7 +207,14 @@ class World:
                        "idempotency_key": self.headers.get("Idempotency-Key"), "n": n, "started": started}
                 status, payload = 200, {"ok": True, "name": name, "n": n}
                 if kind == "ok":
-                    payload = {"method": self.command, "query": q, "body": body, "headers": rec["headers"], "n": n}
+                    payload = {"method": self.command, "url": self.path, "query": q, "body": body,
+                               "headers": rec["headers"], "n": n}
+                    status = int(q.get("status", "200"))
+                    rec["echo"] = payload
+                elif kind == "last":
+                    with outer.lock:
+                        prior = [r for r in outer.requests if r["kind"] == "ok" and r["name"] == name]
+                    payload = prior[-1]["echo"] if prior else {}
                 elif kind == "status":
                     status = int(segs[1])
                     payload = {"code": status}
@@ -262,6 +272,11 @@ class World:
 
 
 # ---------------------------------------------------------------- service processes
+def egress_allow(*servers) -> str:
+    """MESHHOOK_EGRESS_ALLOW opening exactly these loopback servers (World, ...) and nothing else."""
+    return ",".join(f"127.0.0.1:{s.httpd.server_address[1]}" for s in servers)
+
+
 def service_env(database_url: str, supabase_url: str, **extra: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MESHHOOK_", "SUPABASE_"))}
     env.update({

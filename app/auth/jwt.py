@@ -134,7 +134,7 @@ class TokenVerifier:
             return jwt.decode(
                 token, key, algorithms=[alg], audience=self.settings.jwt_audience,
                 issuer=self.settings.issuer, leeway=self.settings.jwt_leeway_s,
-                options={"require": ["exp", "sub"], "verify_iss": self.settings.issuer is not None},
+                options={"require": ["exp", "sub", "iss"]},
             )
         except jwt.ExpiredSignatureError:
             raise Unauthorized("The token has expired.") from None

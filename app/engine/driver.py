@@ -26,6 +26,7 @@ import orjson
 from app.engine.repository import EngineRepository, LeaseLost
 from app.engine.steps import StepOutcome, branch, delay, http_call, pause, terminate, transform, webhook
 from app.observability.metrics import RUNS_FINISHED, STEP_SECONDS, STEPS_FINISHED
+from app.secrets.redaction import Redactor
 from app.secrets.service import resolve_secrets
 from app.workflows.definition import Dag
 from app.workflows.templates import referenced_secrets, render, uses_secrets
@@ -46,21 +47,6 @@ SHORT_RETRY_WAIT_S = 1.0
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def redact(value: Any, secret_values: list[str]) -> Any:
-    if not secret_values:
-        return value
-    if isinstance(value, str):
-        for s in secret_values:
-            if s and s in value:
-                value = value.replace(s, "***")
-        return value
-    if isinstance(value, dict):
-        return {k: redact(v, secret_values) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact(v, secret_values) for v in value]
-    return value
 
 
 def _merge_rows(rows: list[tuple]) -> list[tuple]:
@@ -96,6 +82,9 @@ class RunDriver:
         self.terminated: tuple[str, str | None] | None = None
         self.failed_any = False  # fail fast: after a failure no new step starts
         self._secrets: dict[str, str] | None = None
+        # Every project secret, loaded once per run by load(): stage() masks them in everything
+        # written (DESIGN §9.2), whether or not the step names `secrets`.
+        self.redactor = Redactor(())
         self._pending_rows: list[tuple] = []
         self._pending_events: list[tuple] = []
         self._flush_lock = asyncio.Lock()  # one flush at a time per run: commits in staging order
@@ -130,12 +119,20 @@ class RunDriver:
               finished=None, wake_at=None, attempt_entry=None, event: str | None = None, payload=None,
               truncated: bool | None = None, attempt_started=None) -> None:
         """The one choke point every step row and event passes before it is written (status None:
-        an event only). Staged in causal order; `flush()` writes them in that order."""
+        an event only). Staged in causal order; `flush()` writes them in that order.
+
+        It is also the one choke point for secrets: everything a row or event holds passes here.
+        Outputs are masked before the size cap cuts a preview and again after (see
+        app/secrets/redaction.py)."""
+        r = self.redactor
+        payload = r.redact(payload)
         if status is not None and key is not None:
+            input_, error, attempt_entry = r.redact(input_), r.redact(error), r.redact(attempt_entry)
             if truncated is None:
                 truncated = False
                 if output is not None:
-                    output, truncated = self._cap(output)
+                    output, truncated = self._cap(r.redact(output))
+            output = r.redact(output)
             self._pending_rows.append((key, status, self.attempt.get(key, 0), input_, output, truncated, error,
                                        started, finished, wake_at, [attempt_entry] if attempt_entry else None,
                                        attempt_started))
@@ -172,6 +169,7 @@ class RunDriver:
                 events = [e for e in events if e[1] not in refused]
             if run_update is not None:
                 status, error, final, event, payload = run_update
+                error, payload = self.redactor.redact(error), self.redactor.redact(payload)
                 events = [*events, (event, None, payload)]
             await repo.add_events(self.run_id, self.project_id, events)
             if run_update is not None:
@@ -321,8 +319,8 @@ class RunDriver:
             else:
                 outcome = PURE[step.type](step.config, ctx)
         except Exception as exc:  # noqa: BLE001 - a step that blows up fails itself, never the worker (no crash loop)
-            outcome = StepOutcome("failed", error={"type": "step_error",
-                                                   "message": (str(exc).splitlines() or [type(exc).__name__])[0][:500]})
+            outcome = StepOutcome("failed", error={"type": "step_error", "message": self.redactor.truncate(
+                (str(exc).splitlines() or [type(exc).__name__])[0], 500)})
         self.attempt[key] = self.attempt.get(key, 0) + 1
         # One row write per pure step: its `running` state never outlives this transaction anyway.
         self.stage(key, None, event="step_started", payload={"attempt": self.attempt[key]})
@@ -331,17 +329,17 @@ class RunDriver:
             self.terminated = (step.config["status"], outcome.output.get("message") if outcome.output else None)
 
     def _settle(self, key: str, outcome: StepOutcome, started: datetime, t0: float, *,
-                input_=None, secret_values: list[str] | None = None, row_started: datetime | None = None) -> None:
+                input_=None, row_started: datetime | None = None) -> None:
         step = self.dag.steps[key]
         finished = _now()
         try:
-            output, truncated = self._cap(redact(outcome.output, secret_values or [])) \
+            output, truncated = self._cap(self.redactor.redact(outcome.output)) \
                 if outcome.output is not None else (None, False)
         except (TypeError, ValueError, OverflowError):  # e.g. an integer JSON cannot hold
             outcome = StepOutcome("failed", error={"type": "unstorable_output",
                                                    "message": "the step's result cannot be stored"})
             output, truncated = None, False
-        error = redact(outcome.error, secret_values or [])
+        error = self.redactor.redact(outcome.error)
         self.status[key] = outcome.status
         if outcome.status == "failed":
             self.failed_any = True
@@ -377,7 +375,6 @@ class RunDriver:
                     self.retry_waits.add(key)
                 return
             secrets = await self.secrets() if uses_secrets(step.config) else {}
-            secret_values = sorted(secrets.values(), key=len, reverse=True)
             missing = sorted(referenced_secrets(step.config) - set(secrets))
             try:
                 if missing:  # never send "Bearer " with an empty token
@@ -388,8 +385,8 @@ class RunDriver:
                 self.attempt[key] = self.attempt.get(key, 0) + 1
                 # JMESPath type errors quote the offending value, which may be a secret: redact.
                 self._settle(key, StepOutcome("failed", error={
-                    "type": "secret_missing" if missing else "template_error", "message": str(exc)[:500]}),
-                    _now(), time.perf_counter(), secret_values=secret_values)
+                    "type": "secret_missing" if missing else "template_error",
+                    "message": self.redactor.truncate(str(exc), 500)}), _now(), time.perf_counter())
                 await self.flush()
                 return
             # The attempt number is stored (committed) before the request goes out.
@@ -407,7 +404,8 @@ class RunDriver:
                 await self.flush()
                 return
 
-            request = asyncio.create_task(http_call.attempt(self.w.http, config, f"{self.run_id}:{key}"))
+            request = asyncio.create_task(http_call.attempt(self.w.http, config, f"{self.run_id}:{key}",
+                                                            redactor=self.redactor))
             self.requests[key] = request
             try:
                 await asyncio.wait({request})
@@ -427,26 +425,26 @@ class RunDriver:
                 except (LeaseLost, asyncio.CancelledError):
                     raise
                 except Exception as exc:  # noqa: BLE001 - e.g. an invalid rendered URL: fail the step, not the worker
-                    outcome = StepOutcome("failed", error=redact({"type": "request_error", "message": (
-                        str(exc).splitlines() or [type(exc).__name__])[0][:500]}, secret_values))
+                    outcome = StepOutcome("failed", error={"type": "request_error", "message": self.redactor.truncate(
+                        (str(exc).splitlines() or [type(exc).__name__])[0], 500)})
                     retryable, retry_after = False, None
             if retryable:
                 self.failures[key] = self.failures.get(key, 0) + 1
                 # Scheduled even when the run is stopping: the settle phase turns a waiting step
                 # into cancelled/paused, and a SIGTERM hands the wait over to the next owner.
                 if self.failures[key] < max(1, http_call.max_attempts(config)):
-                    self._schedule_retry(key, outcome, started, config, retry_after, secret_values)
+                    self._schedule_retry(key, outcome, started, config, retry_after)
                     await self.flush()
                     return
-            self._settle(key, outcome, started, t0, secret_values=secret_values)
+            self._settle(key, outcome, started, t0)
             await self.flush()
 
     def _schedule_retry(self, key: str, outcome: StepOutcome, started: datetime, config: dict,
-                        retry_after: str | None, secret_values: list[str]) -> None:
+                        retry_after: str | None) -> None:
         wait = http_call.backoff_s(config, self.failures[key], retry_after)
         finished = _now()
         until = finished + timedelta(seconds=wait)
-        error = redact(outcome.error, secret_values)
+        error = self.redactor.redact(outcome.error)
         entry = {"attempt": self.attempt[key], "status": "retrying", "started_at": started.isoformat(),
                  "finished_at": finished.isoformat(), "error": error, "retry_in_s": round(wait, 3)}
         self.sleeping[key] = until
@@ -460,6 +458,8 @@ class RunDriver:
     async def load(self) -> None:
         async with self.w.db.service_scope() as tx:
             rows = await EngineRepository(tx).steps(self.run_id)
+            self._secrets = await resolve_secrets(tx, self.w.cipher, self.project_id)
+        self.redactor = Redactor(self._secrets.values())
         now = _now()
         for r in rows:
             key = r["step_key"]
@@ -508,9 +508,14 @@ class RunDriver:
     async def drive(self) -> None:
         try:
             if self.run["old_status"] == "queued" and self.run["trigger"] in ("api", "webhook"):
-                # Never driven before, created with every step pending (attempt 0): nothing to read.
+                # Never driven before, created with every step pending (attempt 0): no step to read,
+                # and the project's secrets (for the redactor) only when it has any.
                 for key in self.dag.steps:
                     self.status[key] = "pending"
+                if self.run["has_secrets"]:
+                    self.redactor = Redactor((await self.secrets()).values())
+                else:
+                    self._secrets = {}
             else:
                 await self.load()
             while True:

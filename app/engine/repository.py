@@ -49,7 +49,8 @@ with leased as (
          started_at = coalesce(r.started_at, clock_timestamp()), wake_at = null, updated_at = clock_timestamp()
   from c where r.id = c.id
   returning r.id, r.project_id, r.workflow_id, r.workflow_version, r.trigger, r.input, r.created_by,
-            r.created_at, r.resumed_from_step, r.resume_reason, r.control, c.old_status
+            r.created_at, r.resumed_from_step, r.resume_reason, r.control, c.old_status,
+            exists (select 1 from secrets s where s.project_id = r.project_id) as has_secrets
 ), e as (
   insert into run_events (run_id, project_id, type, payload)
   select id, project_id, case when old_status = 'queued' then 'run_started' else 'run_taken_over' end,

@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import threading
+import traceback
 import uuid
 from collections.abc import AsyncIterator
 
@@ -24,11 +25,13 @@ import asyncpg
 import httpx
 
 from app.db.engine import Database, is_db_unavailable
+from app.egress.transport import egress_client
 from app.engine.driver import RunDriver
 from app.engine.repository import EngineRepository
 from app.errors import DatabaseUnavailable
 from app.observability.metrics import RUNS_CLAIMED
 from app.secrets.crypto import Cipher
+from app.secrets.redaction import Redactor
 from app.settings import Settings
 from app.workflows.service import DagCache
 
@@ -50,8 +53,8 @@ class Worker:
                            application_name="meshhook-worker", connect_timeout_s=settings.db_connect_timeout_s,
                            command_timeout_s=settings.db_command_timeout_s)
         self.notify = settings.notify_enabled if notify is None else notify
-        self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=settings.worker_concurrency * 2),
-                                      follow_redirects=False)
+        self.http = egress_client(settings.egress_policy,
+                                  limits=httpx.Limits(max_connections=settings.worker_concurrency * 2))
         self.step_slots = asyncio.Semaphore(settings.worker_concurrency)
         self._project_slots: dict[uuid.UUID, list] = {}  # project -> [semaphore, users]
         self.dags = DagCache()
@@ -256,6 +259,7 @@ class Worker:
 
     async def _drive(self, run) -> None:
         run_id = run["id"]
+        driver: RunDriver | None = None
         try:
             dag = self.dags.cached(run["workflow_id"], run["workflow_version"])
             if dag is None:  # versions are immutable: only the first run of one costs a read
@@ -271,8 +275,11 @@ class Worker:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - the lease expires and another claim retries the run
-            log.exception("run driver crashed", extra={"run_id": str(run_id), "worker": self.id})
-            await self._after_crash(run, exc)
+            # An exception's text may quote a secret: log and store it through the run's redactor (§9.2).
+            redactor = driver.redactor if driver is not None else Redactor(())
+            log.error("run driver crashed", extra={"run_id": str(run_id), "worker": self.id,
+                                                   "exc": redactor.redact_text(traceback.format_exc())})
+            await self._after_crash(run, exc, redactor)
             self.wake_later(1.0)
         finally:
             if self.active.get(run_id) is asyncio.current_task():
@@ -280,7 +287,7 @@ class Worker:
             if not self._stopping:
                 self._wake.set()
 
-    async def _after_crash(self, run, exc: Exception) -> None:
+    async def _after_crash(self, run, exc: Exception, redactor: Redactor) -> None:
         """A lost database is not the run's fault: hand it back. Anything else is counted on the run's
         timeline, and a run that keeps crashing the driver fails instead of being retried forever."""
         run_id = run["id"]
@@ -288,7 +295,7 @@ class Worker:
             async with self.db.service_scope() as tx:
                 repo = EngineRepository(tx)
                 if not (isinstance(exc, DatabaseUnavailable) or is_db_unavailable(exc)):
-                    message = f"{type(exc).__name__}: {str(exc)[:300]}"
+                    message = redactor.truncate(f"{type(exc).__name__}: {exc}", 300)
                     crashes = await repo.record_crash(run_id, self.id, message, MAX_DRIVER_CRASHES)
                     if crashes is not None and crashes >= MAX_DRIVER_CRASHES:
                         error = {"type": "engine_error", "message": f"the engine failed {crashes} times: {message}"}

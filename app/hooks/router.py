@@ -15,9 +15,13 @@ router = APIRouter(tags=["hooks"])
 
 @router.post("/hooks/{workflow_id}", status_code=202, response_model=HookAccepted, operation_id="hooks-deliver",
              summary="Trigger a workflow with a signed webhook",
-             description="Sign `\"<X-MeshHook-Timestamp>.<raw body>\"` with HMAC-SHA256 under the workflow's "
-                         "webhook secret and send it as `X-MeshHook-Signature: sha256=<hex>`. The timestamp must "
-                         "be within ±5 minutes. Repeating an `X-MeshHook-Delivery` id returns the same run.",
+             description="Standard Webhooks (https://www.standardwebhooks.com): send `webhook-id` (your unique "
+                         "id for this delivery), `webhook-timestamp` (Unix seconds, within 5 minutes of now) and "
+                         "`webhook-signature: v1,<base64 HMAC-SHA256 of \"{webhook-id}.{webhook-timestamp}.{raw "
+                         "body}\">`, keyed with the bytes the workflow's `whsec_<base64>` secret encodes. Several "
+                         "space-separated signatures are accepted (secret rotation). The same `webhook-id` with the "
+                         "same body returns the same run (`duplicate: true`); with another body it is a 409. Any "
+                         "Standard Webhooks library signs this way.",
              openapi_extra={"requestBody": {"required": False, "description": "Any JSON value; it becomes the run's "
                                             "input (an empty body or `null` means `{}`).",
                                             "content": {"application/json": {"schema": {}, "examples": {
@@ -25,11 +29,11 @@ router = APIRouter(tags=["hooks"])
              responses=errors_for(401, 409, 413, 422, 503))
 async def deliver(workflow_id: Annotated[uuid.UUID, Path()], request: Request, db: DbDep, cipher: CipherDep,
                   response: Response,
-                  x_meshhook_signature: Annotated[str | None, Header(max_length=200)] = None,
-                  x_meshhook_timestamp: Annotated[str | None, Header(max_length=20)] = None,
-                  x_meshhook_delivery: Annotated[str | None, Header(max_length=200)] = None):
+                  webhook_id: Annotated[str | None, Header(max_length=200)] = None,
+                  webhook_timestamp: Annotated[str | None, Header(max_length=20)] = None,
+                  webhook_signature: Annotated[str | None, Header(max_length=2000)] = None):
     body = await request.body()
-    run_id, duplicate = await accept_hook(db, cipher, workflow_id, body, x_meshhook_signature,
-                                          x_meshhook_timestamp, x_meshhook_delivery)
+    run_id, duplicate = await accept_hook(db, cipher, workflow_id, body, webhook_id, webhook_timestamp,
+                                          webhook_signature)
     response.headers["Location"] = f"/runs/{run_id}"
     return {"run_id": run_id, "duplicate": duplicate}

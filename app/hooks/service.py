@@ -1,13 +1,24 @@
-"""Webhook triggers: HMAC-SHA256 over "<timestamp>.<raw body>", ±5 minutes, one run per delivery id."""
+"""Webhook triggers, the Standard Webhooks way (DESIGN §9.4; https://www.standardwebhooks.com):
+`webhook-signature: v1,<base64 HMAC-SHA256 of "{webhook-id}.{webhook-timestamp}.{body}">` (several
+space-separated signatures allowed, so a sender can rotate), 5-minute tolerance, and one run per
+`webhook-id`: the same id with the same body returns that run, with another body it is a 409.
+
+Verification is the `standardwebhooks` package's. The key is the bytes the secret encodes:
+`whsec_<base64>`. Workflows created before this scheme were given `whsec_<URL-safe base64 of 32
+random bytes>`; those secrets stay valid and mean the same 32 bytes (decoding accepts both
+alphabets), so their senders only switch headers — or spell the secret with `+` and `/` for a
+Standard Webhooks library that expects the standard alphabet.
+"""
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
-import hmac
-import time
 import uuid
 
 import asyncpg
 import orjson
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from app.db.engine import Database
 from app.errors import Conflict, Unauthorized, Unprocessable
@@ -18,30 +29,60 @@ from app.storable import check_json
 from app.workflows.repository import WorkflowRepository
 from app.workflows.service import dag_cache, webhook_context
 
-TOLERANCE_S = 300
+TOLERANCE_S = 300  # the package's fixed tolerance (5 minutes), stated here for the docs
+SECRET_PREFIX = "whsec_"
+BAD_SIGNATURE = "The signature does not match."
 
 
-def sign(secret: str, timestamp: str, body: bytes) -> str:
-    return "sha256=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+def secret_key(secret: str) -> bytes:
+    """The HMAC key a stored secret stands for (standard or, for older workflows, URL-safe base64)."""
+    text = secret.removeprefix(SECRET_PREFIX).translate(str.maketrans("-_", "+/"))
+    return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
 
 
-async def accept_hook(db: Database, cipher: Cipher, wf_id: uuid.UUID, body: bytes, signature: str | None,
-                      timestamp: str | None, delivery_id: str | None) -> tuple[uuid.UUID, bool]:
-    if not signature or not timestamp:
-        raise Unauthorized("X-MeshHook-Signature and X-MeshHook-Timestamp are required.")
+def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    """`v1,<signature>` for these headers and body (for senders' docs and tests)."""
+    import datetime
+
+    ts = datetime.datetime.fromtimestamp(timestamp, tz=datetime.timezone.utc)
+    return Webhook(secret_key(secret)).sign(msg_id, ts, body.decode())
+
+
+def _verify(secret: str, body: bytes, msg_id: str, timestamp: str, signature: str) -> None:
     try:
-        ts = int(timestamp)
-    except ValueError:
-        raise Unauthorized("X-MeshHook-Timestamp must be Unix seconds.") from None
-    if abs(time.time() - ts) > TOLERANCE_S:
-        raise Unauthorized("The timestamp is outside the 5-minute window.")
+        Webhook(secret_key(secret)).verify(body, {"webhook-id": msg_id, "webhook-timestamp": timestamp,
+                                                  "webhook-signature": signature}, json_parse=False)
+    except WebhookVerificationError as exc:
+        text = str(exc)
+        if "too old" in text or "too new" in text:
+            raise Unauthorized("The webhook-timestamp is outside the 5-minute window.") from None
+        if "Invalid Signature Headers" in text:
+            raise Unauthorized("The webhook-timestamp must be Unix seconds.") from None
+        raise Unauthorized(BAD_SIGNATURE) from None
+    except (ValueError, binascii.Error, OverflowError, OSError):
+        # A malformed signature list, a body that is not UTF-8 (it cannot be verified, nor be JSON).
+        raise Unauthorized(BAD_SIGNATURE) from None
+
+
+def body_hash(body: bytes) -> bytes:
+    return hashlib.sha256(body).digest()
+
+
+async def accept_hook(db: Database, cipher: Cipher, wf_id: uuid.UUID, body: bytes, msg_id: str | None,
+                      timestamp: str | None, signature: str | None) -> tuple[uuid.UUID, bool]:
+    if not (msg_id and timestamp and signature):
+        raise Unauthorized("webhook-id, webhook-timestamp and webhook-signature are required.")
+    digest = body_hash(body)
     async with db.service_scope() as tx:
         wf = await WorkflowRepository(tx).webhook_secret(wf_id)
         if wf is None:
-            raise Unauthorized("The signature does not match.")  # unknown workflow: reveal nothing
+            raise Unauthorized(BAD_SIGNATURE)  # unknown workflow: reveal nothing
         secret = cipher.decrypt(wf["webhook_secret_nonce"], wf["webhook_secret_ct"], webhook_context(wf_id))
-        if not hmac.compare_digest(sign(secret, timestamp, body), signature.strip()):
-            raise Unauthorized("The signature does not match.")
+        _verify(secret, body, msg_id, timestamp, signature)
+        repo = RunRepository(tx)
+        existing = await repo.find_by_delivery(wf_id, msg_id)
+        if existing is not None:
+            return _same_delivery(existing, digest)
         try:
             payload = orjson.loads(body) if body.strip() else {}
         except orjson.JSONDecodeError:
@@ -52,11 +93,6 @@ async def accept_hook(db: Database, cipher: Cipher, wf_id: uuid.UUID, body: byte
             check_json(payload)
         except ValueError as exc:
             raise Unprocessable("The body cannot be stored.", errors=[{"loc": ["body"], "msg": str(exc)}]) from None
-        repo = RunRepository(tx)
-        if delivery_id:
-            existing = await repo.find_by_delivery(wf_id, delivery_id)
-            if existing is not None:
-                return existing, True
         dag = await dag_cache.get(tx, wf_id, wf["latest_version"])
         if dag is None:
             raise Conflict("The workflow's latest version cannot be loaded.")
@@ -64,11 +100,19 @@ async def accept_hook(db: Database, cipher: Cipher, wf_id: uuid.UUID, body: byte
         try:
             await repo.insert_run(run_id=run_id, project_id=wf["project_id"], workflow_id=wf_id,
                                   version=wf["latest_version"], trigger="webhook", input=payload,
-                                  delivery_id=delivery_id, pending=pending_rows(dag),
-                                  event_payload={"delivery_id": delivery_id} if delivery_id else {})
+                                  delivery_id=msg_id, delivery_hash=digest, pending=pending_rows(dag),
+                                  event_payload={"delivery_id": msg_id})
         except asyncpg.UniqueViolationError:
             pass  # a concurrent delivery with the same id won; read it below in a fresh transaction
         else:
             return run_id, False
     async with db.service_scope() as tx:
-        return await RunRepository(tx).find_by_delivery(wf_id, delivery_id), True
+        existing = await RunRepository(tx).find_by_delivery(wf_id, msg_id)
+    return _same_delivery(existing, digest)
+
+
+def _same_delivery(existing, digest: bytes) -> tuple[uuid.UUID, bool]:
+    run_id, stored = existing
+    if stored is not None and stored != digest:
+        raise Conflict("This webhook-id was already delivered with another body.")
+    return run_id, True

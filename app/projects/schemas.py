@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.secrets.redaction import MIN_SECRET_LENGTH
 from app.storable import StorableText
 
 Role = Literal["owner", "editor", "viewer"]
@@ -51,4 +52,6 @@ class MemberList(BaseModel):
 
 class SecretPut(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    value: str = Field(min_length=0, max_length=65536)
+    # At least 8 characters (DESIGN §9.2): every form of every secret is masked in what runs store,
+    # and a shorter value would rewrite unrelated text.
+    value: str = Field(min_length=MIN_SECRET_LENGTH, max_length=65536)

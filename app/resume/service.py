@@ -30,6 +30,7 @@ from app.resume.schemas import ResumeRequest
 from app.runs.repository import RunRepository
 from app.runs.service import pending_rows, run_for, step_dict
 from app.workflows.repository import WorkflowRepository
+from app.workflows.definition import STEP_KEY
 from app.workflows.service import dag_cache
 
 log = logging.getLogger("meshhook.resume")
@@ -221,10 +222,18 @@ async def resume(db: Database, user: User, run_id: uuid.UUID, raw_body: bytes, i
 
 async def _audit(db: Database, user: User, run_id: uuid.UUID, req: ResumeRequest | None, ctx: dict,
                  facts: RequestFacts, outcome: str, status: int, *, new_run_id=None, detail=None) -> None:
+    # A 404 is a non-member's attempt: it lands in the owner-only log of a project that is not the
+    # caller's, so the free text the caller chose (reason, user agent) is not written, and the step
+    # key only when it has the shape of one (DESIGN §9.5).
+    outsider = status == 404
+    step_key = req.from_step if req else None
+    if outsider and step_key is not None and not STEP_KEY.fullmatch(step_key):
+        step_key = None
     async with db.service_scope() as tx:
         repo = AuditRepository(tx)
         project_id = ctx.get("project_id") or await repo.project_of_run(run_id)
         await repo.insert(action=ACTION, outcome=outcome, actor_id=user.id, project_id=project_id, run_id=run_id,
-                          step_key=req.from_step if req else None, new_run_id=new_run_id,
-                          reason=req.reason if req else None, status_code=status, request_id=facts.request_id,
-                          ip=facts.ip, user_agent=facts.user_agent, detail=detail or {})
+                          step_key=step_key, new_run_id=new_run_id,
+                          reason=req.reason if req and not outsider else None, status_code=status,
+                          request_id=facts.request_id, ip=facts.ip,
+                          user_agent=None if outsider else facts.user_agent, detail=detail or {})

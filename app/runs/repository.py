@@ -17,8 +17,8 @@ STEP_COLUMNS = ("id, step_key, step_type, position, status, attempt, input, outp
 _INSERT_RUN = """
 with r as (
   insert into runs (id, project_id, workflow_id, workflow_version, status, trigger, input, root_run_id,
-                    created_by, delivery_id)
-  values ($1::uuid, $2::uuid, $3, $4, 'queued', $5, $6, $1::uuid, $7, $8)
+                    created_by, delivery_id, delivery_hash)
+  values ($1::uuid, $2::uuid, $3, $4, 'queued', $5, $6, $1::uuid, $7, $8, $13)
   returning id
 ), s as (
   insert into step_runs (id, run_id, project_id, step_key, step_type, position, status)
@@ -38,9 +38,9 @@ class RunRepository:
     async def insert_run(self, *, run_id: uuid.UUID, project_id: uuid.UUID, workflow_id: uuid.UUID, version: int,
                          trigger: str, input: object, created_by: uuid.UUID | None = None,
                          delivery_id: str | None = None, pending: tuple[list, list, list] = ([], [], []),
-                         event_payload: dict | None = None) -> None:
+                         event_payload: dict | None = None, delivery_hash: bytes | None = None) -> None:
         await self.tx.execute(_INSERT_RUN, run_id, project_id, workflow_id, version, trigger, input, created_by,
-                              delivery_id, pending[0], pending[1], pending[2], event_payload or {})
+                              delivery_id, pending[0], pending[1], pending[2], event_payload or {}, delivery_hash)
 
     async def get_with_role(self, run_id: uuid.UUID):
         """The run (if visible under RLS) and the caller's role in its project, in one round trip."""
@@ -75,9 +75,11 @@ class RunRepository:
             "select id, parent_run_id, status, resumed_from_step, trigger, created_at, finished_at from runs"
             " where root_run_id = $1 order by created_at, id", root_id)
 
-    async def find_by_delivery(self, workflow_id: uuid.UUID, delivery_id: str):
-        return await self.tx.fetchval("select id from runs where workflow_id = $1 and delivery_id = $2",
-                                      workflow_id, delivery_id)
+    async def find_by_delivery(self, workflow_id: uuid.UUID, delivery_id: str) -> tuple[uuid.UUID, bytes | None] | None:
+        """(run id, SHA-256 of the body it was created from) of a webhook delivery id, if seen."""
+        row = await self.tx.fetchrow("select id, delivery_hash from runs where workflow_id = $1 and delivery_id = $2",
+                                     workflow_id, delivery_id)
+        return (row["id"], row["delivery_hash"]) if row is not None else None
 
     async def add_event(self, run_id: uuid.UUID, project_id: uuid.UUID, type_: str, step_key: str | None = None,
                         payload: dict | None = None) -> None:

@@ -5,6 +5,7 @@ Validation collects every problem with its location instead of stopping at the f
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,10 @@ ALIASES = {"httpCall": "http_call", "http-call": "http_call", "httpcall": "http_
 PURE_TYPES = frozenset({"webhook", "transform", "branch", "terminate", "pause"})
 HTTP_METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"}
 MAX_NODES = 2000
+# Every key must be addressable as one URL path segment (GET /runs/{id}/steps/{step_key}), DESIGN §9.5.
+# Checked when a definition is written, not when a stored one is read (older versions keep running).
+STEP_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}")
+STEP_KEY_RULE = "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$"
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,18 @@ def _err(errors: list, loc: list, msg: str, node: str | None = None, field_: str
     if field_ is not None:
         item["field"] = field_
     errors.append(item)
+
+
+def step_key_errors(definition: Any) -> list[dict[str, Any]]:
+    """One error per node id that is a string of 1..100 characters but not a valid step key
+    (other malformed ids are reported by parse_definition)."""
+    errors: list[dict[str, Any]] = []
+    nodes = definition.get("nodes") if isinstance(definition, dict) else None
+    for i, node in enumerate(nodes if isinstance(nodes, list) else []):
+        key = node.get("id") if isinstance(node, dict) else None
+        if isinstance(key, str) and 0 < len(key) <= 100 and not STEP_KEY.fullmatch(key):
+            _err(errors, ["nodes", i, "id"], f"step key {key!r} must match {STEP_KEY_RULE}", key, "id")
+    return errors
 
 
 def _num(v: Any) -> bool:

@@ -1,6 +1,7 @@
 """Rules for workflows: validation on write, immutable numbered versions, webhook secrets."""
 from __future__ import annotations
 
+import base64
 import logging
 import secrets as pysecrets
 import uuid
@@ -12,7 +13,7 @@ from app.errors import Conflict, NotFound, Unprocessable
 from app.projects.service import check_role, require_role
 from app.projects.repository import ProjectRepository
 from app.secrets.crypto import Cipher
-from app.workflows.definition import Dag, DefinitionInvalid, parse_definition
+from app.workflows.definition import Dag, DefinitionInvalid, parse_definition, step_key_errors
 from app.workflows.repository import WorkflowRepository
 
 import asyncpg
@@ -26,10 +27,15 @@ def webhook_context(wf_id: uuid.UUID) -> str:
 
 
 def validate_definition(definition: dict) -> Dag:
+    """A definition about to be written: the parse rules plus the step-key rule (DESIGN §9.5)."""
+    errors = step_key_errors(definition)
     try:
-        return parse_definition(definition)
+        dag = parse_definition(definition)
     except DefinitionInvalid as exc:
-        raise Unprocessable(f"The workflow definition has {len(exc.errors)} problem(s).", errors=exc.errors) from None
+        errors = [*errors, *exc.errors]
+    if errors:
+        raise Unprocessable(f"The workflow definition has {len(errors)} problem(s).", errors=errors)
+    return dag
 
 
 class DagCache:
@@ -69,13 +75,18 @@ class DagCache:
 dag_cache = DagCache(lenient=True)
 
 
+def new_webhook_secret() -> str:
+    """A signing secret as Standard Webhooks libraries expect it (§9.4): whsec_ + base64 of 32 bytes."""
+    return "whsec_" + base64.b64encode(pysecrets.token_bytes(32)).decode()
+
+
 async def create_workflow(tx: Tx, cipher: Cipher, user: User, project_id: uuid.UUID, slug: str, name: str,
                           definition: dict):
     await require_role(tx, project_id, "editor")
     validate_definition(definition)
     repo = WorkflowRepository(tx)
     wf_id = uuid.uuid4()
-    secret = "whsec_" + pysecrets.token_urlsafe(32)
+    secret = new_webhook_secret()
     nonce, ct = cipher.encrypt(secret, webhook_context(wf_id))
     try:
         await repo.create(wf_id, project_id, slug, name, nonce, ct, user.id)

@@ -9,13 +9,13 @@
   (MESHHOOK_PROJECT_MAX_RUNNING) from this small index instead of the runs table.
 
 Revision ID: 0004
-Revises: 0001
+Revises: 0002
 Create Date: 2026-12-02
 """
 from migrations.sqlscript import run_script
 
 revision = "0004"
-down_revision = "0001"
+down_revision = "0002"  # re-chained after merging tenant (0002); the lead re-chains again at merge time
 branch_labels = None
 depends_on = None
 

@@ -40,11 +40,13 @@ async def test_bad_missing_and_stale_signatures_are_rejected(owner, service, db)
         "wrong secret": sign_hook("whsec_not-the-secret", body),
         "tampered body": good,  # sent with another body below
         "no headers": {"Content-Type": "application/json"},
-        "no signature": {k: v for k, v in good.items() if k != "X-MeshHook-Signature"},
-        "no timestamp": {k: v for k, v in good.items() if k != "X-MeshHook-Timestamp"},
+        "no signature": {k: v for k, v in good.items() if k != "webhook-signature"},
+        "no timestamp": {k: v for k, v in good.items() if k != "webhook-timestamp"},
+        "no id": {k: v for k, v in good.items() if k != "webhook-id"},
+        "another id": {**good, "webhook-id": "msg_someone-elses"},  # the id is signed
         "stale": sign_hook(wf["webhook_secret"], body, stale_ts),
         "future": sign_hook(wf["webhook_secret"], body, int(time.time()) + 400),  # margin: time passes while sending
-        "garbage timestamp": {**good, "X-MeshHook-Timestamp": "yesterday"},
+        "garbage timestamp": {**good, "webhook-timestamp": "yesterday"},
     }
     async with httpx.AsyncClient(base_url=service.url) as anon:
         for what, headers in cases.items():
@@ -63,9 +65,9 @@ async def test_a_replayed_delivery_returns_the_same_run(owner, service, db):
     delivery = f"dlv-{uuid.uuid4()}"
     async with httpx.AsyncClient(base_url=service.url) as anon:
         first = await anon.post(f"/hooks/{wf['id']}", content=body,
-                                headers={**sign_hook(wf["webhook_secret"], body), "X-MeshHook-Delivery": delivery})
+                                headers=sign_hook(wf["webhook_secret"], body, msg_id=delivery))
         again = await anon.post(f"/hooks/{wf['id']}", content=body,
-                                headers={**sign_hook(wf["webhook_secret"], body), "X-MeshHook-Delivery": delivery})
+                                headers=sign_hook(wf["webhook_secret"], body, msg_id=delivery))
     assert first.status_code == 202 and again.status_code == 202
     assert again.json()["run_id"] == first.json()["run_id"]
     await owner.wait(first.json()["run_id"])
@@ -85,7 +87,7 @@ async def test_concurrent_replays_of_one_delivery_make_one_run(owner, service, d
 
     wf = await _hook_workflow(owner)
     body = b'{"order": "race"}'
-    headers = {**sign_hook(wf["webhook_secret"], body), "X-MeshHook-Delivery": f"dlv-{uuid.uuid4()}"}
+    headers = sign_hook(wf["webhook_secret"], body, msg_id=f"dlv-{uuid.uuid4()}")
     async with httpx.AsyncClient(base_url=service.url) as anon:
         answers = await asyncio.gather(*(anon.post(f"/hooks/{wf['id']}", content=body, headers=headers)
                                          for _ in range(6)))

@@ -25,7 +25,8 @@ from tests.support import wait_for
 
 @contextlib.asynccontextmanager
 async def in_process_worker(isolated, name: str, poll_interval_s: float = 0.5):
-    settings = Settings(database_url=isolated.url, poll_interval_s=poll_interval_s, lease_s=3, shutdown_grace_s=3)
+    settings = Settings(database_url=isolated.url, poll_interval_s=poll_interval_s, lease_s=3, shutdown_grace_s=3,
+                        egress_allow=isolated.env["MESHHOOK_EGRESS_ALLOW"])
     w = Worker(settings, isolated.url, Cipher(support.SECRET_KEY), name=name)
     await w.start()
     try:
@@ -35,14 +36,14 @@ async def in_process_worker(isolated, name: str, poll_interval_s: float = 0.5):
 
 
 @pytest.fixture(scope="module")
-async def isolated(admin_url, jwks_server, keys, logs_dir):
+async def isolated(admin_url, jwks_server, keys, logs_dir, world):
     """A second migrated database with an API that runs no worker: the test's workers are the only ones."""
     name = f"meshhook_test_faults_{uuid.uuid4().hex[:8]}"
     url = await support.create_database(admin_url, name)
     from app.db.migrate import upgrade
 
     await asyncio.to_thread(upgrade, url)
-    env = support.service_env(url, jwks_server.url)
+    env = support.service_env(url, jwks_server.url, MESHHOOK_EGRESS_ALLOW=support.egress_allow(world))
     api, base = await asyncio.to_thread(support.start_api, env, logs_dir / "faults-api.log", worker=False)
     pool = await asyncpg.create_pool(url, min_size=1, max_size=2, init=init_connection)
     client = Client(base, keys)

@@ -141,7 +141,7 @@ def faults_logs(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def faults_env(faults_db_url, jwks_server) -> dict:
+def faults_env(faults_db_url, jwks_server, world) -> dict:
     """Service environment on the private database, with the shipped database timeouts (a stopped
     server refuses connections, so its 503 is immediate whatever the connect timeout). The lease is
     the ordinary test lease; the crash test shortens it."""
@@ -149,6 +149,7 @@ def faults_env(faults_db_url, jwks_server) -> dict:
         faults_db_url, jwks_server.url,
         MESHHOOK_MAX_BODY_BYTES=str(MAX_BODY_BYTES),
         MESHHOOK_LOG_LEVEL="WARNING",
+        MESHHOOK_EGRESS_ALLOW=support.egress_allow(world),
     )
 
 

@@ -149,14 +149,15 @@ async def test_bad_input_gets_a_clean_4xx_and_writes_nothing(faults_api, faults_
     good = b'{"order": 1}'
     now = int(time.time())
     variants = [
-        {"X-MeshHook-Signature": "sha256=" + "0" * 64, "X-MeshHook-Timestamp": str(now)},
-        {"X-MeshHook-Timestamp": str(now)},
-        {"X-MeshHook-Signature": sign_hook(secret, good)["X-MeshHook-Signature"]},
+        {"webhook-signature": "v1," + "A" * 44, "webhook-timestamp": str(now)},
+        {"webhook-timestamp": str(now)},
+        {"webhook-signature": sign_hook(secret, good)["webhook-signature"]},
         sign_hook(secret, good, now - 3600),  # a correct signature, too old
-        {**sign_hook(secret, good), "X-MeshHook-Timestamp": "yesterday"},
-        {"X-MeshHook-Signature": "md5=abc", "X-MeshHook-Timestamp": str(now)},
-        sign_hook("not-the-secret", good),
+        {**sign_hook(secret, good), "webhook-timestamp": "yesterday"},
+        {"webhook-signature": "md5=abc", "webhook-timestamp": str(now)},
+        sign_hook("whsec_bm90LXRoZS1zZWNyZXQ=", good),
         {**sign_hook(secret, b'{"order": 2}')},  # signed for another body
+        {**sign_hook(secret, good), "webhook-signature": "v1,@@@ v1 v2,x,y"},  # malformed list
     ]
     hook_url = f"{faults_api.url}/hooks/{sink['id']}"
     unknown_url = f"{faults_api.url}/hooks/{uuid.uuid4()}"
@@ -166,8 +167,7 @@ async def test_bad_input_gets_a_clean_4xx_and_writes_nothing(faults_api, faults_
     async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=100)) as anon:
         async def one(i: int):
             nonlocal not_problem
-            headers = {**variants[i % len(variants)], "Content-Type": "application/json",
-                       "X-MeshHook-Delivery": f"bad-{i}"}
+            headers = {"webhook-id": f"bad-{i}", **variants[i % len(variants)], "Content-Type": "application/json"}
             r = await anon.post(unknown_url if i % 10 == 9 else hook_url, content=good, headers=headers)
             codes[r.status_code] = codes.get(r.status_code, 0) + 1
             not_problem += not is_problem(r)

@@ -47,7 +47,8 @@ async def test_permissions_viewer_403_non_member_404_and_every_attempt_audited(o
     for row in rows:
         assert str(row["project_id"]) == project  # recorded against the run's project
         assert row["step_key"] == "call" and row["request_id"] and row["ip"] == "127.0.0.1"
-        assert row["user_agent"].startswith("python-httpx")
+    # A member's attempt keeps its user agent; a non-member's is written without it (DESIGN §9.5).
+    assert rows[0]["user_agent"].startswith("python-httpx") and rows[1]["user_agent"] is None
     # nothing was started
     assert (await owner.run(run["id"]))["resumed_runs"] == []
 

@@ -14,15 +14,18 @@ from typing import Any
 import httpx
 import orjson
 
+from app.egress.transport import EgressDenied
 from app.engine.steps import StepOutcome
 from app.engine.steps.bodies import decode_body
+from app.secrets.redaction import Redactor
 
 RETRY_STATUS = {408, 429}
 MAX_BODY_READ = 4 * 1024 * 1024
 ERROR_BODY_BYTES = 2048  # errors (and every retry's attempt entry) keep a preview, not the whole body
 
 
-def _error_body(body: Any) -> Any:
+def _error_body(body: Any, redactor: Redactor) -> Any:
+    body = redactor.redact(body)  # before the cut, so the cut can only go through a mask (§9.2)
     raw = body.encode() if isinstance(body, str) else orjson.dumps(body)
     if len(raw) <= ERROR_BODY_BYTES:
         return body
@@ -78,7 +81,8 @@ class AttemptResult:
     retry_after: str | None = None
 
 
-async def attempt(client: httpx.AsyncClient, config: dict, idempotency_key: str) -> AttemptResult:
+async def attempt(client: httpx.AsyncClient, config: dict, idempotency_key: str, *,
+                  redactor: Redactor = Redactor(())) -> AttemptResult:
     """Send the request once. `timeout_s` bounds the whole attempt: connect, send and reading the
     whole body (at most MAX_BODY_READ bytes); past it the attempt is a `timeout` (retryable)."""
     method = config.get("method", "GET").upper()
@@ -100,6 +104,8 @@ async def attempt(client: httpx.AsyncClient, config: dict, idempotency_key: str)
             async with client.stream(method, str(config["url"]), headers=headers, params=query,
                                      timeout=timeout, **kwargs) as resp:
                 content, cut = await _read_capped(resp)
+    except EgressDenied as exc:  # a policy decision, not a network fault: fail at once, never retry
+        return AttemptResult(StepOutcome("failed", error={"type": "egress_denied", "message": str(exc)}))
     except (TimeoutError, httpx.TimeoutException) as exc:
         return AttemptResult(StepOutcome("failed", error={
             "type": "timeout", "message": f"the attempt did not complete within {timeout:g} s ({type(exc).__name__})"}),
@@ -116,7 +122,7 @@ async def attempt(client: httpx.AsyncClient, config: dict, idempotency_key: str)
     if resp.status_code < 400:
         return AttemptResult(StepOutcome("succeeded", out))
     error = {"type": "http_error", "message": f"HTTP {resp.status_code}", "status": resp.status_code,
-             "body": _error_body(out["body"])}
+             "body": _error_body(out["body"], redactor)}
     if resp.status_code not in RETRY_STATUS and resp.status_code < 500:
         return AttemptResult(StepOutcome("failed", out, error))
     return AttemptResult(StepOutcome("failed", out, error), retryable=True,
