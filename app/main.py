@@ -77,9 +77,10 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
                                                "notifications": "listen" if app.state.hub.listens else "polling"})
         worker = None
         if run_worker:
-            from app.engine.worker import Worker
+            from app.engine.worker import WorkerThread
 
-            worker = Worker(settings, url, app.state.cipher, name="api-inproc")
+            # Its own thread and event loop: engine work never stalls the API's loop.
+            worker = WorkerThread(settings, url, app.state.cipher, name="api-inproc")
             await worker.start()
         app.state.worker = worker
         try:

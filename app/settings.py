@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     worker_concurrency: int = Field(default=32, ge=1, le=1024)
+    # Fair share: at most this many runs of one project execute at once, across all workers.
+    project_max_running: int = Field(default=16, ge=1, le=100_000)
     poll_interval_s: float = Field(default=1.0, gt=0, le=60)
     lease_s: float = Field(default=30.0, gt=0.5, le=3600)
     shutdown_grace_s: float = Field(default=20.0, ge=0)
@@ -47,6 +49,10 @@ class Settings(BaseSettings):
     sse_ping_s: float = Field(default=15.0, gt=0, le=300)  # heartbeat comment on idle event streams
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     max_output_bytes: int = Field(default=262_144, ge=1024)
+    # Limits of one expression / one template render (app/workflows/expressions.py).
+    expression_max_steps: int = Field(default=250_000, ge=1000)
+    expression_timeout_s: float = Field(default=0.2, gt=0, le=60)
+    expression_max_result_bytes: int = Field(default=4_194_304, ge=1024)
     db_pool_size: int = Field(default=10, ge=1, le=200)
     db_connect_timeout_s: float = Field(default=2.0, gt=0)
     db_pool_timeout_s: float = Field(default=10.0, gt=0)  # wait for a free pooled connection (load)

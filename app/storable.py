@@ -1,5 +1,10 @@
-"""Request value types that PostgreSQL text/jsonb columns and orjson can hold, so that such input
-is a 422 naming the field at the edge rather than a driver error deep inside a transaction."""
+"""Values that PostgreSQL text/jsonb columns and orjson can hold.
+
+At the edge, request value types refuse the rest (a 422 naming the field rather than a driver
+error deep inside a transaction). Inside the engine, `to_storable` turns what a step computed or
+received into such a value: NUL becomes the six characters `\\u0000` (NUL_ESCAPE; a string that
+already contained those six characters reads the same afterwards), unpaired surrogates become
+U+FFFD, and what has no faithful storable form raises `Unstorable`."""
 from __future__ import annotations
 
 import json
@@ -48,6 +53,101 @@ def check_json(value: Any) -> Any:
         elif isinstance(v, list):
             stack.extend((item, depth + 1, f"{where}[{i}]") for i, item in enumerate(v))
     return value
+
+
+NUL_ESCAPE = "\\u0000"  # six visible characters standing for a NUL that jsonb cannot hold
+
+
+class Unstorable(ValueError):
+    """A value with no storable form: an integer beyond 64 bits, NaN/Infinity, nesting deeper than
+    MAX_JSON_DEPTH, or a non-JSON type. A step whose result is unstorable fails with this type."""
+
+    error_type = "unstorable_output"
+
+
+def storable_text(value: str) -> str:
+    """`value` with NUL escaped as NUL_ESCAPE and unpaired surrogates replaced by U+FFFD."""
+    if value.isascii() and "\x00" not in value:  # the common case, O(1) + one scan
+        return value
+    if not _UNSTORABLE.search(value):
+        return value
+    value = value.replace("\x00", NUL_ESCAPE)
+    # A surrogate pair becomes its character; a lone surrogate becomes U+FFFD.
+    return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+def to_storable(value: Any, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """`value` in a form jsonb and orjson can store: the same object when nothing needed changing,
+    otherwise a copy. Shared sub-objects are converted once (memoized by id), so the cost is linear
+    in the distinct objects, not in the serialized size. Raises Unstorable."""
+    if isinstance(value, (list, dict)):
+        return _container(value, 0, max_depth, {})[0]
+    return _scalar(value)
+
+
+def _scalar(value: Any) -> Any:
+    if isinstance(value, str):
+        return storable_text(value)
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise Unstorable("an integer beyond the 64-bit range cannot be stored")
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise Unstorable("NaN and Infinity cannot be stored in JSON")
+        return value
+    raise Unstorable(f"a value of type {type(value).__name__} cannot be stored in JSON")
+
+
+def _too_deep(max_depth: int) -> Unstorable:
+    return Unstorable(f"a value nesting deeper than {max_depth} levels cannot be stored")
+
+
+def _member(item: Any, depth: int, max_depth: int, done: dict[int, tuple[Any, Any, int]]) -> tuple[Any, int]:
+    """(storable form, height counted from its parent) of one element found at `depth`."""
+    if isinstance(item, str):
+        return (item if item.isascii() and "\x00" not in item else storable_text(item)), 1
+    if isinstance(item, (list, dict)):
+        new, h = _container(item, depth, max_depth, done)
+        return new, h + 1
+    return _scalar(item), 1
+
+
+def _container(value: Any, depth: int, max_depth: int, done: dict[int, tuple[Any, Any, int]]) -> tuple[Any, int]:
+    """(storable form, height) of a list or dict. `done` maps id -> (original, converted, height);
+    the original is kept so that its id cannot be reused meanwhile."""
+    known = done.get(id(value))
+    if known is not None:
+        if depth + known[2] > max_depth:
+            raise _too_deep(max_depth)
+        return known[1], known[2]
+    if depth > max_depth:
+        raise _too_deep(max_depth)
+    height = 0
+    changed = False
+    out: Any
+    if isinstance(value, list):
+        out = []
+        for item in value:
+            new, h = _member(item, depth + 1, max_depth, done)
+            height, changed = max(height, h), changed or new is not item
+            out.append(new)
+    else:
+        out = {}
+        for k, item in value.items():
+            if not isinstance(k, str):
+                raise Unstorable(f"an object key of type {type(k).__name__} cannot be stored in JSON")
+            key = k if k.isascii() and "\x00" not in k else storable_text(k)
+            new, h = _member(item, depth + 1, max_depth, done)
+            height, changed = max(height, h), changed or new is not item or key is not k
+            out[key] = new
+    if depth + height > max_depth:
+        raise _too_deep(max_depth)
+    result = out if changed else value
+    done[id(value)] = (value, result, height)
+    return result, height
 
 
 StorableText = Annotated[str, AfterValidator(_text)]

@@ -43,6 +43,7 @@ ROWS = [
     ("bulk_resumes_per_s", "bulk resume, runs/s at max_per_second 1000", "≥ 300", None, None),
     ("worker_steps_per_s_1", "worker steps/s, 1 process", "≥ 1,000", None, None),
     ("worker_steps_per_s_2", "worker steps/s, 2 processes", "> 1 process", None, None),
+    ("fair_pickup_p99_ms", "pickup while another tenant has 100 slow runs, p99 (ms)", "≤ 1,000", None, None),
 ]
 
 

@@ -35,6 +35,7 @@ NUMERIC_KEYS = (
     "resume_grown_p50_ms", "resume_grown_p99_ms", "ratio_resume_grown_p50", "ratio_resume_grown_p99",
     "runs_list_p50_ms", "runs_list_grown_p50_ms", "ratio_resume_c1_p99_to_floor_raw",
     "bulk_resumes_per_s",
+    "fair_pickup_p99_ms",
 )
 
 
@@ -59,6 +60,8 @@ class Sizes:
     member_of: int  # how many of them the resuming user is a viewer of
     bulk: int  # runs in the bulk resume phase
     concurrency: int = 32
+    fair_slow: int = 100  # tenant B's slow (trickling) runs
+    fair_probes: int = 40  # tenant A's one-step runs, one at a time, while B's are in flight
     fail_at: dict[int, int] = field(default_factory=lambda: {10: 5, 100: 50, 1000: 500})
 
 
@@ -67,7 +70,7 @@ FULL = Sizes(c1_warm=50, c1=500, c32_warm=256, c32=4000, scale_warm=5, scale={10
              other_projects=2000, other_queued=20_000, other_finished=200_000, member_of=200, bulk=1000)
 QUICK = Sizes(c1_warm=5, c1=20, c32_warm=32, c32=96, scale_warm=1, scale={10: 10, 100: 5, 1000: 3},
               pickup=10, poll=4, poll_interval_s=0.2, drain_warm=4, drain=30, worker_c32=64, lists=20,
-              other_projects=20, other_queued=200, other_finished=2000, member_of=20, bulk=200)
+              other_projects=20, other_queued=200, other_finished=2000, member_of=20, bulk=200, fair_probes=8)
 
 
 # ---------------------------------------------------------------- small measurements
@@ -543,6 +546,65 @@ class Bench:
         self.log(f"  {n_workers} worker(s): {steps} steps in {secs:.2f}s = {rate:.0f} steps/s (machine busy {busy:.0%})")
         return {"steps_per_s": rate, "steps": steps, "secs": secs, "errors": errors}
 
+    # ---- fair share ------------------------------------------------------------------------
+    async def fair_phase(self) -> dict:
+        """Tenant B queues `fair_slow` runs whose http_call trickles for a minute; once B holds its
+        share, tenant A starts one-step runs one at a time. For each, the wait from its creation to
+        the worker's claim (run_started), both on the database clock. One worker, default settings
+        (MESHHOOK_PROJECT_MAX_RUNNING 16, 32 slots)."""
+        from tests.upstream import SlowUpstream
+
+        up = SlowUpstream()
+        tenant_b = Seeder(self.conn)
+        await tenant_b.project_with_editors(0)
+        slow = {"nodes": [{"id": "start", "data": {"type": "webhook", "config": {}}},
+                          {"id": "call", "data": {"type": "http_call", "config": {
+                              "url": f"{up.url}/trickle/bench?bytes=60&every=1", "timeout_s": 90,
+                              "retry": {"max_attempts": 1}}}}],
+                 "edges": [{"source": "start", "target": "call"}]}
+        wf_b = await tenant_b.custom_workflow("trickle", slow)
+        await self.seed.workflow(2)
+        ws = await self._workers(1, notify=True, extra_env={"MESHHOOK_EGRESS_ALLOW": "127.0.0.1"})
+        waits: list[float] = []
+        try:
+            b_ids = await tenant_b.queued_runs_of(wf_b, [("start", "webhook"), ("call", "http_call")], self.s.fair_slow)
+            deadline = time.monotonic() + 60
+            while await self.conn.fetchval(
+                    "select count(*) from step_runs where run_id = any($1::uuid[]) and step_key = 'call'"
+                    " and status = 'running'", b_ids) < min(16, self.s.fair_slow):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("tenant B's slow runs did not start")
+                await asyncio.sleep(0.05)
+            for _ in range(self.s.fair_probes + 1):
+                [rid], _t0 = await self.seed.queued_runs(2, 1)
+                deadline = time.monotonic() + 30
+                while True:
+                    row = await self.conn.fetchrow(
+                        "select r.status, extract(epoch from (select e.at from run_events e where e.run_id = r.id"
+                        " and e.type = 'run_started' order by e.id limit 1) - r.created_at)::float8 as wait"
+                        " from runs r where r.id = $1", rid)
+                    if row["status"] in FINAL:
+                        break
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"tenant A's run {rid} not finished within 30 s ({row['status']})")
+                    await asyncio.sleep(0.005)
+                if row["status"] != "succeeded":
+                    raise RuntimeError(f"tenant A's run {rid} ended {row['status']}")
+                waits.append(row["wait"])
+            in_flight = await self.conn.fetchval(
+                "select count(*) from step_runs where run_id = any($1::uuid[]) and step_key = 'call'"
+                " and status = 'running'", b_ids)
+        finally:
+            errors = self._stop(ws[0])
+            up.close()
+            await self._cancel_queued()
+        waits = waits[1:]  # the first claim of a new workflow warms the worker's caches
+        out = {"p50_ms": pct(waits, 50) * 1e3, "p99_ms": pct(waits, 99) * 1e3, "n": len(waits),
+               "b_in_flight": in_flight, "errors": errors}
+        self.log(f"  tenant A while B has {self.s.fair_slow} slow runs ({in_flight} in flight): n={len(waits)} "
+                 f"p50={out['p50_ms']:.1f}ms p99={out['p99_ms']:.1f}ms")
+        return out
+
     # ---- profiling --------------------------------------------------------------------------
     def _spy(self, pid: int, label: str) -> subprocess.Popen | None:
         exe = Path(os.environ.get("PY_SPY", Path(os.sys.executable).parent / "py-spy"))
@@ -650,6 +712,8 @@ class Bench:
         self.log("worker throughput (10-step transform-only runs):")
         t1 = await self.throughput_phase(1)
         t2 = await self.throughput_phase(2)
+        self.log("fair share (tenant A's pickup while tenant B's slow runs fill the engine):")
+        fair = await self.fair_phase()
 
         # Growth, in the same run (no worker from here on: the other tenants' queue stays deep).
         await self._cancel_queued()
@@ -709,6 +773,8 @@ class Bench:
             "bulk_resume_runs": bulk["n"], "bulk_worker_cpu_share": r(bulk["worker_cpu"]),
             "bulk_worker_cpu_ms_per_resume": r(bulk["worker_cpu_ms"], 3),
             "bulk_pg_cpu_ms_per_resume": r(bulk["pg_cpu_ms"], 3), "bulk_machine_busy_share": r(bulk["machine_busy"]),
+            "fair_pickup_p50_ms": r(fair["p50_ms"]), "fair_pickup_p99_ms": r(fair["p99_ms"]),
+            "fair_slow_runs": s.fair_slow, "fair_slow_in_flight": fair["b_in_flight"],
             "floor_resume_p50_ms": r(f32["p50_ms"]), "floor_resume_p99_ms": r(f32["p99_ms"]),
             "floor_resumes_per_s": r(f32["per_s"], 1),
             "floor_resume_c1_p50_ms": r(f1["p50_ms"]), "floor_resume_c1_p99_ms": r(f1["p99_ms"]),
@@ -738,12 +804,12 @@ class Bench:
             "samples": {"resume": c32["n"], "resume_c1": c1["n"], "steps_1000": scale[1000]["n"],
                         "pickup": pick["n"], "pickup_poll_only": poll["n"], "drain_steps": t1["steps"],
                         "floor": f32["n"], "floor_raw": r32["n"], "resume_worker": wc32["n"],
-                        "resume_grown": grown["n"], "runs_list": lists["n"]},
+                        "resume_grown": grown["n"], "runs_list": lists["n"], "fair_pickup": fair["n"]},
             "concurrency": s.concurrency,
             "service_env": self.extra_env,
             "errors_logged": {"api": api_errors, "api_pooler": pooled["errors"], "pickup_workers": errors,
                               "bulk_worker": bulk["errors"], "workers_1": t1["errors"],
-                              "workers_2": t2["errors"]},
+                              "workers_2": t2["errors"], "workers_fair": fair["errors"]},
         })
         res["targets"] = targets(res)
         return res

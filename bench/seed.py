@@ -109,6 +109,38 @@ class Seeder:
             t0 = await self.conn.fetchval("select extract(epoch from clock_timestamp())::float8")
         return ids, t0
 
+    async def custom_workflow(self, slug: str, definition: dict) -> uuid.UUID:
+        wf = uuid.uuid4()
+        await self.conn.execute(
+            "insert into workflows (id, project_id, slug, name, webhook_secret_nonce, webhook_secret_ct,"
+            " latest_version, created_by) values ($1, $2, $3, $3, '\\x00'::bytea, '\\x00'::bytea, 1, $4)",
+            wf, self.project, slug, self.owner)
+        await self.conn.execute(
+            "insert into workflow_versions (workflow_id, project_id, version, definition, created_by)"
+            " values ($1, $2, 1, $3, $4)", wf, self.project, definition, self.owner)
+        return wf
+
+    async def queued_runs_of(self, wf: uuid.UUID, steps: list[tuple[str, str]], count: int) -> list[uuid.UUID]:
+        """`count` queued runs of a custom workflow (`steps`: key and type of each node), one wake-up."""
+        ids = [uuid.uuid4() for _ in range(count)]
+        keys, types = [k for k, _ in steps], [t for _, t in steps]
+        async with self.conn.transaction():
+            await self.conn.execute(
+                "insert into runs (id, project_id, workflow_id, workflow_version, status, trigger, input,"
+                " root_run_id, created_by)"
+                " select r.id, $2, $3, 1, 'queued', 'api', $4, r.id, $5 from unnest($1::uuid[]) as r(id)",
+                ids, self.project, wf, INPUT, self.owner)
+            await self.conn.execute(
+                "insert into step_runs (id, run_id, project_id, step_key, step_type, position, status)"
+                " select gen_random_uuid(), r.id, $2, s.k, s.t, s.o - 1, 'pending'"
+                " from unnest($1::uuid[]) as r(id)"
+                " cross join unnest($3::text[], $4::text[]) with ordinality as s(k, t, o)",
+                ids, self.project, keys, types)
+            await self.conn.execute(
+                "insert into run_events (run_id, project_id, type) select r.id, $2, 'run_queued'"
+                " from unnest($1::uuid[]) as r(id)", ids, self.project)
+            await self.conn.execute("select pg_notify('meshhook_runs', $1)", str(ids[0]))
+        return ids
 
 async def grow_queue(conn: asyncpg.Connection, owner: uuid.UUID, *, projects: int, queued: int) -> list[uuid.UUID]:
     """Other tenants: `projects` projects with 5 members and a 10-step workflow each, and `queued`

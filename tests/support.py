@@ -147,6 +147,15 @@ class JwksServer:
 
 
 # ---------------------------------------------------------------- the outside world
+# A 1x1 PNG: its signature (0x89 "PNG" …) and binary chunks are not UTF-8.
+PNG_1X1 = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
+BYTES_BODIES = {
+    "png": (PNG_1X1, "image/png"),
+    "nuljson": (b'{"name": "a\\u0000b", "list": ["\\u0000"], "key\\u0000": 1}', "application/json"),
+    "nultext": (b"line one\x00line two\x00", "text/plain; charset=utf-8"),
+}
+
+
 class World:
     """A local HTTP server for http_call steps. Behaviour is chosen by path:
 
@@ -161,6 +170,8 @@ class World:
     /big/<name>?kb=300      200 with a JSON body of about that many KiB
     /seq/<name>?codes=500,429&kb=N   those statuses in order (429 with Retry-After: 0), then 200;
                             kb pads every answer
+    /bytes/<kind>/<name>    200 with a body a database cannot hold as is: kind `png` (a PNG image),
+                            `nuljson` (JSON holding "\\u0000") or `nultext` (text/plain with NUL bytes)
     Every request is recorded with its Idempotency-Key.
     """
 
@@ -225,15 +236,17 @@ class World:
                     payload = {"n": n, "status": status}
                     if q.get("kb"):
                         payload["pad"] = "x" * (int(q["kb"]) * 1024)
+                data, ctype = json.dumps(payload).encode(), "application/json"
+                if kind == "bytes":
+                    data, ctype = BYTES_BODIES[segs[1]]
                 rec["ended"] = time.time()
                 rec["status"] = status
                 with outer.lock:
                     outer.requests.append(rec)
-                data = json.dumps(payload).encode()
                 self.send_response(status)
                 if status == 429:
                     self.send_header("Retry-After", "0")
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)

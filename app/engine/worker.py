@@ -1,6 +1,10 @@
 """The engine worker: LISTEN + polling fallback → claim with FOR UPDATE SKIP LOCKED and a
-lease → drive runs concurrently → heartbeat leases → on SIGTERM stop claiming, let
-in-flight work finish within a grace period and release the rest.
+lease (fair share: a per-project cap across workers and a per-project share of this worker's
+slots, both in the claim query) → drive runs concurrently → heartbeat leases → on SIGTERM stop
+claiming, let in-flight work finish within a grace period and release the rest.
+
+A notification naming a run this worker drives makes its driver read the run's control (an
+operator's cancel or pause) at once; the poll loop reads it for every driven run as the fallback.
 
 The listener has its own connection outside the pool and reconnects with backoff; every
 (re)connect wakes the claimer, which reconciles from the table (the table is the truth).
@@ -12,8 +16,10 @@ import contextlib
 import logging
 import os
 import socket
+import threading
 import traceback
 import uuid
+from collections.abc import AsyncIterator
 
 import asyncpg
 import httpx
@@ -43,16 +49,20 @@ class Worker:
         self.settings = settings
         self.cipher = cipher
         self.id = f"{socket.gethostname()}:{os.getpid()}:{name}:{uuid.uuid4().hex[:6]}"
-        # Steps hold a connection only to write; 8 (+8 overflow) keep up with 32 concurrent steps.
-        self.db = Database(database_url, pool_size=max(2, min(settings.worker_concurrency // 4, 8)),
+        # Steps hold a connection only to write. Half the slots (at most 16, + as many overflow) are
+        # kept open: a smaller kept pool churns (overflow connections closed and reopened, each
+        # re-preparing its statements) when demand hovers around it, e.g. one project at its cap.
+        self.db = Database(database_url, pool_size=max(2, min(settings.worker_concurrency // 2, 16)),
                            application_name="meshhook-worker", connect_timeout_s=settings.db_connect_timeout_s,
                            command_timeout_s=settings.db_command_timeout_s)
         self.notify = settings.notify_enabled if notify is None else notify
         self.http = egress_client(settings.egress_policy,
                                   limits=httpx.Limits(max_connections=settings.worker_concurrency * 2))
         self.step_slots = asyncio.Semaphore(settings.worker_concurrency)
+        self._project_slots: dict[uuid.UUID, list] = {}  # project -> [semaphore, users]
         self.dags = DagCache()
         self.active: dict[uuid.UUID, asyncio.Task] = {}
+        self.drivers: dict[uuid.UUID, RunDriver] = {}
         self._wake = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task] = []
@@ -109,6 +119,54 @@ class Worker:
     def wake_later(self, delay_s: float) -> None:
         asyncio.get_running_loop().call_later(delay_s + 0.01, self._wake.set)
 
+    @property
+    def worker_project_max(self) -> int:
+        """This worker's per-project share of its slots: one project never holds them all, so
+        another project's queued run always finds a free slot (unless concurrency is 1)."""
+        c = self.settings.worker_concurrency
+        return max(1, min(self.settings.project_max_running, c - max(1, c // 4)))
+
+    @contextlib.asynccontextmanager
+    async def step_slot(self, project_id: uuid.UUID) -> AsyncIterator[None]:
+        """A slot for one in-flight request. One project's requests hold at most its share of the
+        worker's slots (parallel branches of its runs included), so they never hold them all."""
+        entry = self._project_slots.get(project_id)
+        if entry is None:
+            entry = self._project_slots[project_id] = [asyncio.Semaphore(self.worker_project_max), 0]
+        entry[1] += 1
+        try:
+            async with entry[0], self.step_slots:
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._project_slots[project_id]
+
+    def on_notification(self, payload: str | None = None) -> None:
+        """A 'meshhook_runs' notification: look for work; if it names a run driven here (an
+        operator's cancel or pause), its driver reads the run's control now."""
+        self._wake.set()
+        if not payload or not self.drivers:
+            return
+        try:
+            run_id = uuid.UUID(payload)
+        except ValueError:
+            return
+        driver = self.drivers.get(run_id)
+        if driver is not None:
+            driver.check_control()
+
+    async def poll_controls(self) -> None:
+        """The polling fallback of the notification: pending controls of the runs driven here."""
+        if not self.drivers:
+            return
+        async with self.db.service_scope() as tx:
+            rows = await EngineRepository(tx).controls(list(self.drivers))
+        for r in rows:
+            driver = self.drivers.get(r["id"])
+            if driver is not None:
+                driver.control(r["control"])
+
     # ---- loops -------------------------------------------------------------------------
     async def _listen_loop(self) -> None:
         def connected() -> None:
@@ -116,7 +174,7 @@ class Worker:
             self.listening.set()
             self._wake.set()  # reconcile from the table after every (re)connect
 
-        await Listener(listen_dsn(self.settings.listen_url, self.db.url), {CHANNEL: lambda _run_id: self._wake.set()},
+        await Listener(listen_dsn(self.settings.listen_url, self.db.url), {CHANNEL: self.on_notification},
                        application_name="meshhook-listener", on_connect=connected, on_disconnect=self.listening.clear,
                        poll_s=self.settings.poll_interval_s, connect_timeout_s=self.settings.db_connect_timeout_s).run()
 
@@ -124,6 +182,12 @@ class Worker:
         while not self._stopping:
             await asyncio.sleep(self.settings.poll_interval_s)
             self._wake.set()
+            try:
+                await self.poll_controls()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the next poll tries again
+                log.warning("control poll failed", extra={"worker": self.id, "error": type(exc).__name__})
 
     async def _heartbeat_loop(self) -> None:
         every = max(self.settings.lease_s / 3, 0.2)
@@ -151,7 +215,9 @@ class Worker:
                 continue  # a finishing run sets the wake-up again
             try:
                 async with self.db.service_scope() as tx:
-                    rows = await EngineRepository(tx).claim(self.id, free, self.settings.lease_s, list(self.active))
+                    rows = await EngineRepository(tx).claim(
+                        self.id, free, self.settings.lease_s, list(self.active),
+                        project_max=self.settings.project_max_running, worker_project_max=self.worker_project_max)
                 backoff = 0.05
             except asyncio.CancelledError:
                 raise
@@ -166,8 +232,10 @@ class Worker:
             for row in rows:
                 RUNS_CLAIMED.inc()
                 self.active[row["id"]] = asyncio.create_task(self._drive(row))
-            if len(rows) == free:
-                self._wake.set()  # there may be more waiting
+            if len(rows) == free or (rows and rows[0]["capped"]):
+                # There may be more waiting: every free slot was filled, or the fair-share caps held
+                # some candidates back and other projects' runs may sit behind them.
+                self._wake.set()
 
     async def _drive(self, run) -> None:
         run_id = run["id"]
@@ -180,7 +248,12 @@ class Worker:
             if dag is None:  # the version's row is gone or its definition no longer parses: a crash, counted below
                 raise LookupError(f"workflow version {run['workflow_version']} of the run cannot be loaded")
             driver = RunDriver(self, run, dag)
-            await driver.drive()
+            self.drivers[run_id] = driver
+            try:
+                await driver.drive()
+            finally:
+                if self.drivers.get(run_id) is driver:
+                    del self.drivers[run_id]
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - the lease expires and another claim retries the run
@@ -225,3 +298,52 @@ class Worker:
         await stop.wait()
         log.info("shutting down", extra={"worker": self.id, "in_flight": len(self.active)})
         await self.stop()
+
+
+class WorkerThread:
+    """The in-process worker of `meshhook serve`, on its own thread and event loop: the engine's
+    work (pure steps, JSON, writes) never stalls the API's loop, and the API's requests never
+    stall the engine."""
+
+    def __init__(self, settings: Settings, database_url: str, cipher: Cipher, *, name: str = "api-inproc"):
+        self._args = (settings, database_url, cipher)
+        self._name = name
+        self.worker: Worker | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    async def start(self) -> None:
+        started: asyncio.Future = asyncio.get_running_loop().create_future()
+        caller = asyncio.get_running_loop()
+
+        def main() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+            try:
+                self.worker = Worker(*self._args, name=self._name)
+                loop.run_until_complete(self.worker.start())
+            except BaseException as exc:  # noqa: BLE001 - reported to the starter
+                caller.call_soon_threadsafe(started.set_exception, exc)
+                loop.close()
+                return
+            caller.call_soon_threadsafe(started.set_result, None)
+            try:
+                loop.run_forever()
+            finally:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.close()
+
+        self._thread = threading.Thread(target=main, name="meshhook-worker", daemon=True)
+        self._thread.start()
+        await started
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        loop, worker = self._loop, self.worker
+        if loop is None or worker is None or self._thread is None:
+            return
+        done = asyncio.run_coroutine_threadsafe(worker.stop(grace_s), loop)
+        with contextlib.suppress(Exception):
+            await asyncio.wrap_future(done)
+        loop.call_soon_threadsafe(loop.stop)
+        await asyncio.to_thread(self._thread.join, 10)

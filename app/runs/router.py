@@ -122,7 +122,7 @@ async def events(run_id: RunId, request: Request, user: CurrentUser, db: DbDep, 
 
 
 @router.post("/runs/{run_id}/cancel", status_code=202, response_model=RunDetail, operation_id="runs-cancel",
-             summary="Cancel a run (editor+): in-flight steps finish, no new step starts",
+             summary="Cancel a run (editor+): in-flight requests are aborted, no new step starts",
              responses=errors_for(401, 403, 404, 409, 422, 503))
 async def cancel(run_id: RunId, user: CurrentUser, db: DbDep, response: Response):
     async with db.user_scope(user.claims) as tx:

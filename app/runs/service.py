@@ -189,7 +189,8 @@ async def list_events(tx: Tx, run_id: uuid.UUID, after: int, limit: int) -> dict
 
 
 async def request_stop(tx: Tx, run_id: uuid.UUID, action: str) -> dict:
-    """cancel / pause: in-flight steps finish, no new step starts; the worker makes the final move.
+    """cancel / pause: no new step starts; a cancel aborts in-flight requests, a pause lets them finish;
+    the worker that drives the run is notified and makes the final move.
     A paused run has nothing in flight, so cancelling it happens here and now."""
     run = await run_for(tx, run_id, "editor", for_update=True)
     repo = RunRepository(tx)

@@ -1,4 +1,5 @@
-"""`{{ expr }}` templates: JMESPath expressions compiled once, rendered against a run's context."""
+"""`{{ expr }}` templates: JMESPath expressions compiled once, rendered against a run's context
+within the limits of app/workflows/expressions.py; rendered values are storable (app/storable.py)."""
 from __future__ import annotations
 
 import re
@@ -7,6 +8,9 @@ from typing import Any
 import jmespath
 import orjson
 from jmespath.exceptions import JMESPathError
+
+from app.storable import storable_text, to_storable
+from app.workflows.expressions import Budget, search
 
 TEMPLATE = re.compile(r"\{\{\s*(.*?)\s*\}\}", re.S)
 _compiled: dict[str, Any] = {}
@@ -78,29 +82,51 @@ def referenced_secrets(value: Any) -> set[str]:
     return names
 
 
-def evaluate(expr: str, context: dict) -> Any:
-    return compile_expression(expr).search(context)
+def evaluate(expr: str, context: dict, budget: Budget | None = None) -> Any:
+    """The value of one JMESPath expression, within `budget` (a fresh one with the default limits).
+
+    Raises ExpressionLimit over a limit, JMESPathError for an expression error. The value may
+    hold text jsonb cannot store: pass it through `to_storable` before storing it."""
+    return search(compile_expression(expr).parsed, context, budget or Budget())
 
 
-def render(value: Any, context: dict) -> Any:
+def render(value: Any, context: dict, budget: Budget | None = None) -> Any:
+    """`value` with every `{{ expr }}` replaced, all templates sharing one budget. Templated parts
+    are made storable (NUL escaped, see app/storable.py), so the rendered value can be stored as is.
+
+    Raises ExpressionLimit, Unstorable, or TemplateError (with a storable message) for an
+    expression error."""
+    return _render(value, context, budget or Budget())
+
+
+def _evaluate_template(expr: str, context: dict, budget: Budget) -> Any:
+    try:
+        return evaluate(expr, context, budget)
+    except JMESPathError as exc:
+        # Type errors quote the offending value, which may hold NUL: the message must be storable.
+        raise TemplateError(storable_text((str(exc).splitlines() or [type(exc).__name__])[0])) from None
+
+
+def _render(value: Any, context: dict, budget: Budget) -> Any:
     if isinstance(value, str):
         if "{{" not in value:
             return value
         m = TEMPLATE.fullmatch(value.strip())
         if m and value.strip().count("{{") == 1:
-            return evaluate(m.group(1), context)
+            return to_storable(_evaluate_template(m.group(1), context, budget))
 
         def sub(match: re.Match) -> str:
-            v = evaluate(match.group(1), context)
+            v = _evaluate_template(match.group(1), context, budget)
             if isinstance(v, str):
                 return v
             if v is None:
                 return ""
-            return orjson.dumps(v).decode()
+            return orjson.dumps(to_storable(v)).decode()
 
-        return TEMPLATE.sub(sub, value)
+        # Each part was counted against the budget's result size by evaluate().
+        return to_storable(TEMPLATE.sub(sub, value))
     if isinstance(value, dict):
-        return {k: render(v, context) for k, v in value.items()}
+        return {k: _render(v, context, budget) for k, v in value.items()}
     if isinstance(value, list):
-        return [render(v, context) for v in value]
+        return [_render(v, context, budget) for v in value]
     return value

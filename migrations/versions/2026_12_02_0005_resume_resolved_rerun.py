@@ -7,13 +7,13 @@ run; null = the run itself). step_runs: `override` ({by, at, reason} of a hand-s
 The rule is written down in docs/resume.md.
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 Create Date: 2026-12-02
 """
 from migrations.sqlscript import run_script
 
 revision = "0005"
-down_revision = "0003"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 

@@ -1,4 +1,5 @@
-"""Operator actions: cancel and pause let the in-flight step finish and start nothing new."""
+"""Operator actions: cancel aborts the in-flight request and starts nothing new; pause lets the
+in-flight step finish and starts nothing new."""
 from __future__ import annotations
 
 from tests.conftest import linear, steps_by_key
@@ -21,8 +22,8 @@ async def _blocked_run(owner, world, seconds: float = 1.0):
     return project, run_id, name
 
 
-async def test_cancel_lets_the_inflight_step_finish_and_starts_nothing_new(owner, make_client, world):
-    project, run_id, name = await _blocked_run(owner, world)
+async def test_cancel_aborts_the_inflight_step_and_starts_nothing_new(owner, make_client, world):
+    project, run_id, name = await _blocked_run(owner, world, seconds=5.0)
     viewer = make_client()
     await owner.add_member(project, viewer, "viewer")
     assert (await viewer.post(f"/runs/{run_id}/cancel")).status_code == 403
@@ -36,10 +37,13 @@ async def test_cancel_lets_the_inflight_step_finish_and_starts_nothing_new(owner
     assert run["status"] == "cancelled"
     assert run["finished_at"] is not None
     s = steps_by_key(run)
-    assert s["call"]["status"] == "succeeded"  # in flight when cancelled: it finished
+    assert s["call"]["status"] == "cancelled"  # in flight when cancelled: the request was aborted
+    assert s["call"]["error"]["type"] == "cancelled"
+    assert s["call"]["finished_at"] is not None
     assert s["after"]["status"] == "cancelled"
     assert s["after"]["started_at"] is None and s["after"]["attempt"] == 0
-    assert len(world.seen(name)) == 1
+    assert world.counts[name] == 1  # sent once, never again
+    assert world.seen(name) == []  # the run was cancelled before the upstream's 5 s answer
     types = [e["type"] for e in await events(owner, run_id)]
     assert "run_cancel_requested" in types and types[-1] == "run_cancelled"
 

@@ -1,7 +1,5 @@
 """branch: a JMESPath condition; output {"result": bool}. The untaken side is skipped by the driver."""
-from jmespath.exceptions import JMESPathError
-
-from app.engine.steps import StepOutcome
+from app.engine.steps import EXPRESSION_FAILURES, StepOutcome, expression_failed
 from app.workflows.templates import evaluate
 
 
@@ -13,5 +11,5 @@ def truthy(v) -> bool:
 def execute(config: dict, context: dict) -> StepOutcome:
     try:
         return StepOutcome("succeeded", {"result": truthy(evaluate(config["condition"], context))})
-    except JMESPathError as exc:
-        return StepOutcome("failed", error={"type": "expression_error", "message": str(exc).splitlines()[0]})
+    except EXPRESSION_FAILURES as exc:
+        return expression_failed(exc)

@@ -1,7 +1,6 @@
 """terminate: ends the run as succeeded or failed; a failed terminate step is itself failed."""
-from jmespath.exceptions import JMESPathError
-
-from app.engine.steps import StepOutcome
+from app.engine.steps import EXPRESSION_FAILURES, StepOutcome, expression_failed
+from app.storable import storable_text
 from app.workflows.templates import render
 
 
@@ -9,10 +8,10 @@ def execute(config: dict, context: dict) -> StepOutcome:
     status = config["status"]
     try:
         message = render(config.get("message"), context) if config.get("message") else None
-    except JMESPathError as exc:
-        return StepOutcome("failed", error={"type": "expression_error", "message": str(exc).splitlines()[0]})
+    except EXPRESSION_FAILURES as exc:
+        return expression_failed(exc)
     if message is not None and not isinstance(message, str):
-        message = str(message)
+        message = storable_text(str(message))
     out = {"status": status, "message": message}
     if status == "failed":
         return StepOutcome("failed", out, {"type": "terminated", "message": message or "terminated by workflow"})
