@@ -152,6 +152,7 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
         if app.openapi_schema:
             return app.openapi_schema
         from app.resume.schemas import ResumeRequest
+        from app.bulk.schemas import BulkResumeRead
         from app.runs.schemas import RunDetail
 
         schema = _orig_openapi()
@@ -169,7 +170,8 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
                     op["responses"].setdefault("413", too_large)
                     op["responses"] = dict(sorted(op["responses"].items()))
         components["schemas"] = dict(sorted(schemas.items()))
-        finish_contract(schema, {"schema": {"$ref": "#/components/schemas/Problem"}}, example_models=(RunDetail,))
+        finish_contract(schema, {"schema": {"$ref": "#/components/schemas/Problem"}},
+                        example_models=(RunDetail, BulkResumeRead))
         app.openapi_schema = schema
         return schema
 

@@ -55,7 +55,10 @@ class BulkRunner:
         # Its own pool, so pacing stays even while the worker's run drivers are busy (and the other way
         # round), sized to hold every in-flight resume plus the recorder: a connection opened per overflow
         # costs more than the resume it serves (asyncpg's type introspection, the dialect's set-up).
-        self.db = Database(database_url, pool_size=MAX_IN_FLIGHT + 2, application_name="meshhook-bulk",
+        # Half of it is kept open between jobs (a worker that never drives a job opens none), the rest
+        # is overflow, closed when a job's burst is over: idle workers do not hold a server's connections.
+        self.db = Database(database_url, pool_size=(MAX_IN_FLIGHT + 2) // 2, max_overflow=(MAX_IN_FLIGHT + 2) // 2,
+                           application_name="meshhook-bulk",
                            connect_timeout_s=settings.db_connect_timeout_s,
                            command_timeout_s=settings.db_command_timeout_s)
         self.hub = EventHub(listen_dsn(settings.listen_url, database_url), settings.poll_interval_s,

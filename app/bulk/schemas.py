@@ -75,13 +75,17 @@ class BulkItem(BaseModel):
 
 class BulkResumeRead(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{
-        "id": "01939d7e-5b2a-7c1e-9f00-3c9a3b6f4d21", "project_id": "5d1c…", "workflow_id": "0b7e…",
+        "id": "01939d7e-5b2a-7c1e-9f00-3c9a3b6f4d21", "project_id": "5d1c2f5e-1f7b-4c1e-8a0e-2b8f9d0c4e21",
+        "workflow_id": "0b7e5d7c-2b4f-4e6a-8c0d-1f3e5a7c9b2d",
         "status": "running", "matched": 200, "accepted": 120, "skipped": 3, "rejected": 1, "pending": 76,
-        "created_by": "8f14…", "created_at": "2026-12-02T10:00:00Z", "finished_at": None, "error": None,
-        "request": {"filter": {"workflow_id": "0b7e…", "status": ["failed"], "failed_step": "charge"},
+        "created_by": "8f14e6f8-0b1c-4d3e-9f5a-7b8c9d0e1f2a", "created_at": "2026-12-02T10:00:00Z",
+        "started_at": "2026-12-02T10:00:00.050Z", "cancelled_at": None, "finished_at": None, "error": None,
+        "request": {"filter": {"workflow_id": "0b7e5d7c-2b4f-4e6a-8c0d-1f3e5a7c9b2d", "status": ["failed"],
+                               "failed_step": "charge"},
                     "from_step": None, "workflow_version": "original", "reason": "outage over",
                     "max_per_second": 50},
-        "items": [{"run_id": "a1…", "outcome": "accepted", "new_run_id": "b2…", "why": None, "from_step": "charge"}]}]})
+        "items": [{"run_id": "a1b2c3d4-0000-4000-8000-000000000001", "outcome": "accepted",
+                   "new_run_id": "01939d7e-6000-7000-8000-000000000002", "why": None, "from_step": "charge"}]}]})
     id: uuid.UUID | None = Field(description="null for a dry run")
     project_id: uuid.UUID
     workflow_id: uuid.UUID

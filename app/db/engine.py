@@ -170,7 +170,8 @@ class Tx:
 
 class Database:
     def __init__(self, url: str, *, pool_size: int = 10, application_name: str = "meshhook-api",
-                 connect_timeout_s: float = 2.0, command_timeout_s: float = 15.0, pool_timeout_s: float = 10.0):
+                 connect_timeout_s: float = 2.0, command_timeout_s: float = 15.0, pool_timeout_s: float = 10.0,
+                 max_overflow: int | None = None):
         self.url = url
         self.dsn = asyncpg_dsn(url)
         self.pooler = "transaction" if split_pooler_flag(url)[1] else "session"
@@ -180,7 +181,8 @@ class Database:
         # it gets its own, longer bound (a short connect timeout made bursts fail). A lost database
         # still fails fast: its connection attempts are refused or time out after connect_timeout_s.
         self.checkout_timeout_s = pool_timeout_s + connect_timeout_s + 0.5
-        self.capacity = pool_size * 2  # pool_size kept + as many again in overflow
+        # pool_size kept open + max_overflow more while busy (default: as many again)
+        self.capacity = pool_size + (pool_size if max_overflow is None else max_overflow)
         self.engine: AsyncEngine = create_async_engine(
             sqlalchemy_url(url),
             pool_size=pool_size,

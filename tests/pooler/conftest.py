@@ -24,8 +24,8 @@ class Pooled:
     pool: asyncpg.Pool  # superuser, direct
 
 
-@pytest.fixture(scope="session")
-async def pooled(admin_url, pgbouncer, jwks_server, logs_dir):
+@pytest.fixture(scope="package")  # the replicas stop when the pooler tests are done
+async def pooled(admin_url, pgbouncer, jwks_server, logs_dir, world):
     p = Pooled()
     name = f"meshhook_pooled_{uuid.uuid4().hex[:8]}"
     p.direct_url = await support.create_database(admin_url, name)
@@ -38,7 +38,7 @@ async def pooled(admin_url, pgbouncer, jwks_server, logs_dir):
     # `meshhook migrate` works through the transaction pooler too
     await asyncio.to_thread(upgrade, with_pooler(p.pooled_url, "transaction"))
     p.env = support.service_env(p.pooled_url, jwks_server.url, MESHHOOK_DB_POOLER="transaction",
-                                MESHHOOK_LISTEN_URL=p.direct_url)
+                                MESHHOOK_LISTEN_URL=p.direct_url, MESHHOOK_EGRESS_ALLOW=support.egress_allow(world))
     p.pool = await asyncpg.create_pool(p.direct_url, min_size=1, max_size=4, init=init_connection)
     p.replicas = await asyncio.to_thread(support.Replicas, p.env, logs_dir / "pooled.log", apis=2, workers=2)
     try:
