@@ -385,7 +385,8 @@ class RunDriver:
                 self.attempt[key] = self.attempt.get(key, 0) + 1
                 # JMESPath type errors quote the offending value, which may be a secret: redact.
                 self._settle(key, StepOutcome("failed", error={
-                    "type": "secret_missing" if missing else "template_error",
+                    # a limit hit by the template (expression_limit, unstorable_output) says so
+                    "type": "secret_missing" if missing else getattr(exc, "error_type", "template_error"),
                     "message": self.redactor.truncate(str(exc), 500)}), _now(), time.perf_counter())
                 await self.flush()
                 return
