@@ -1,5 +1,6 @@
 """Interactive API docs that work offline: Swagger UI at /docs and ReDoc at /redoc, with their
 JavaScript and CSS served from the installed `fastapi-offline` package (no CDN), and / → /docs."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,16 +24,23 @@ def install_docs(app: FastAPI, title: str) -> None:
 
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{title} — Swagger UI",
-                                   swagger_js_url=f"{ASSETS}/swagger-ui-bundle.js",
-                                   swagger_css_url=f"{ASSETS}/swagger-ui.css",
-                                   swagger_favicon_url=f"{ASSETS}/favicon.png")
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title=f"{title} — Swagger UI",
+            swagger_js_url=f"{ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{ASSETS}/favicon.png",
+        )
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc() -> HTMLResponse:
-        return get_redoc_html(openapi_url="/openapi.json", title=f"{title} — ReDoc",
-                              redoc_js_url=f"{ASSETS}/redoc.standalone.js",
-                              redoc_favicon_url=f"{ASSETS}/favicon.png", with_google_fonts=False)
+        return get_redoc_html(
+            openapi_url="/openapi.json",
+            title=f"{title} — ReDoc",
+            redoc_js_url=f"{ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{ASSETS}/favicon.png",
+            with_google_fonts=False,
+        )
 
     @app.get("/", include_in_schema=False)
     async def root() -> RedirectResponse:

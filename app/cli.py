@@ -1,4 +1,5 @@
 """The `meshhook` command: serve, worker, migrate, token, openapi."""
+
 from __future__ import annotations
 
 import argparse
@@ -105,20 +106,30 @@ def cmd_serve(args) -> None:
     url, embedded = _database_url(settings)
     _migrate(url)
     secret = _hs_secret(settings, embedded)
-    app = create_app(settings, database_url=url, jwt_secret=secret, secret_key=_secret_key(settings),
-                     run_worker=not args.no_worker)
+    app = create_app(
+        settings, database_url=url, jwt_secret=secret, secret_key=_secret_key(settings), run_worker=not args.no_worker
+    )
     base = f"http://{args.host}:{args.port}"
     if embedded and secret:
         token = mint_dev_token(secret, _dev_user(), issuer=settings.issuer, ttl_s=12 * 3600)
-        print(f"\nMeshHook is starting on {base} (embedded PostgreSQL: {url})\n"
-              f"A dev token (12 h) for your dev user (the same user on every start; "
-              f"`.venv/bin/meshhook token` prints a fresh one):\n  export TOKEN={token}\n"
-              f"The run console (the token rides in the URL fragment, which is never sent to a server):\n"
-              f"  {base}/console#token={token}\n"
-              f"Try:\n  curl -s -X POST {base}/projects -H \"Authorization: Bearer $TOKEN\""
-              f" -H 'Content-Type: application/json' -d '{{\"name\": \"demo\"}}'\n", flush=True)
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None, access_log=False,
-                            timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 1)
+        print(
+            f"\nMeshHook is starting on {base} (embedded PostgreSQL: {url})\n"
+            f"A dev token (12 h) for your dev user (the same user on every start; "
+            f"`.venv/bin/meshhook token` prints a fresh one):\n  export TOKEN={token}\n"
+            f"The run console (the token rides in the URL fragment, which is never sent to a server):\n"
+            f"  {base}/console#token={token}\n"
+            f'Try:\n  curl -s -X POST {base}/projects -H "Authorization: Bearer $TOKEN"'
+            f" -H 'Content-Type: application/json' -d '{{\"name\": \"demo\"}}'\n",
+            flush=True,
+        )
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 1,
+    )
     uvicorn.Server(config).run(sockets=[sock])
 
 
@@ -138,8 +149,9 @@ def cmd_worker(args) -> None:
         uvloop.install()
     except ImportError:
         pass
-    worker = Worker(settings, url, Cipher(_secret_key(settings)), name=args.name,
-                    notify=False if args.no_notify else None)
+    worker = Worker(
+        settings, url, Cipher(_secret_key(settings)), name=args.name, notify=False if args.no_notify else None
+    )
     asyncio.run(worker.run_forever())
 
 
@@ -208,8 +220,11 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("migrate", help="apply database migrations, then ANALYZE the tables if any was applied")
     p.set_defaults(func=cmd_migrate)
     p = sub.add_parser("token", help="mint a dev token with the local HS256 secret")
-    p.add_argument("--sub", default=None,
-                   help="the user id (UUID); default: the dev user kept in the data dir, the one `serve` prints")
+    p.add_argument(
+        "--sub",
+        default=None,
+        help="the user id (UUID); default: the dev user kept in the data dir, the one `serve` prints",
+    )
     p.add_argument("--ttl", type=_positive_int, default=3600, help="lifetime in seconds (default 3600)")
     p.add_argument("--email", default=None)
     p.set_defaults(func=cmd_token)

@@ -2,6 +2,7 @@
 alone (public endpoints, `Location` headers, descriptions, the rules every JSON body follows), so that
 third-party generators and linters (openapi-python-client, openapi-typescript, Redocly, Spectral)
 accept it as it is."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -25,29 +26,29 @@ DESCRIPTIONS = {
     "projects-create": "Any authenticated user may create a project; the caller becomes its `owner`.",
     "projects-list": "Only the projects the caller is a member of, with the caller's role in each.",
     "projects-members-add": "Owners add a user by id with a role (`owner`, `editor` or `viewer`); adding an "
-                            "existing member changes their role.",
+    "existing member changes their role.",
     "projects-members-list": "Every member of the project with their role; visible to any member.",
     "projects-secrets-put": "Editors and owners store a value (encrypted with AES-256-GCM at rest) that steps use as "
-                            "`{{ secrets.NAME }}`. It is never returned, logged or stored in step data.",
+    "`{{ secrets.NAME }}`. It is never returned, logged or stored in step data.",
     "workflows-create": "Validates the definition (422 lists every problem) and stores it as version 1. The "
-                        "response carries `webhook_secret`, shown only this once.",
+    "response carries `webhook_secret`, shown only this once.",
     "workflows-versions-create": "Validates the definition and stores it as the next immutable version; new runs use "
-                                 "it, existing runs keep theirs. The response is `{workflow_id, version, created_at}`.",
+    "it, existing runs keep theirs. The response is `{workflow_id, version, created_at}`.",
     "workflows-get": "The workflow with its latest version number and that version's definition.",
     "runs-start": "Queues a run of the latest version (or `version`) with `input` as its input; `Location` names "
-                  "the new run. The engine picks it up at once.",
+    "the new run. The engine picks it up at once.",
     "runs-list": "Newest first. Filters combine; `next_cursor` continues the same query (a cursor is bound to the "
-                 "filters it came from, so using it with other filters → 422).",
+    "filters it came from, so using it with other filters → 422).",
     "runs-get": "The run, every step with `eligible_for_resume`, the steps one can resume from, and the ids of the "
-                "runs resumed from this one.",
+    "runs resumed from this one.",
     "runs-step-get": "One step with its full stored output and every attempt (status, times, error, retry wait).",
     "runs-lineage": "Every run of the resume tree this run belongs to, from the root, with each run's children.",
     "runs-cancel": "In-flight steps finish or are aborted; no new step starts; the run ends `cancelled`. "
-                   "`Location` names the run.",
+    "`Location` names the run.",
     "runs-pause": "In-flight steps finish; no new step starts; the run ends `paused` and can be resumed. "
-                  "`Location` names the run.",
+    "`Location` names the run.",
     "audit-list": "Every resume attempt (accepted, denied or rejected) and other audited actions, newest first. "
-                  "Owners only.",
+    "Owners only.",
     "health-live": "Answers 200 while the process runs; it does not touch the database.",
     "health-ready": "Answers 200 when the database answers, else 503 with `Retry-After`.",
     "health-metrics": "Prometheus text format: request counts, run and step outcomes, pool and worker gauges.",
@@ -87,8 +88,9 @@ def _drop_null(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-def finish(schema: dict[str, Any], problem_ref: dict[str, Any], example_models: tuple[type[BaseModel], ...] = ()
-           ) -> dict[str, Any]:
+def finish(
+    schema: dict[str, Any], problem_ref: dict[str, Any], example_models: tuple[type[BaseModel], ...] = ()
+) -> dict[str, Any]:
     """Complete FastAPI's document in place and return it. FastAPI drops every `null` from examples, which
     leaves them without required fields; the examples of `example_models` are put back as written."""
     components = schema.get("components", {}).get("schemas", {})
@@ -99,11 +101,12 @@ def finish(schema: dict[str, Any], problem_ref: dict[str, Any], example_models: 
     info = schema.setdefault("info", {})
     if BODY_RULES.strip() not in info.get("description", ""):
         info["description"] = info.get("description", "") + "\n" + BODY_RULES
-    schema.setdefault("servers", [{"url": "http://127.0.0.1:8000",
-                                   "description": "`meshhook serve` on this machine"}])
+    schema.setdefault("servers", [{"url": "http://127.0.0.1:8000", "description": "`meshhook serve` on this machine"}])
     client_error = {"description": "The request is malformed", "content": {"application/problem+json": problem_ref}}
-    unsupported = {"description": "The body is not sent as JSON (`Content-Type` is missing or names another type)",
-                   "content": {"application/problem+json": problem_ref}}
+    unsupported = {
+        "description": "The body is not sent as JSON (`Content-Type` is missing or names another type)",
+        "content": {"application/problem+json": problem_ref},
+    }
     for ops in schema.get("paths", {}).values():
         for op in ops.values():
             op_id = op.get("operationId", "")
@@ -123,14 +126,20 @@ def finish(schema: dict[str, Any], problem_ref: dict[str, Any], example_models: 
                 for code in ("201", "202"):
                     if code in responses:
                         responses[code].setdefault("headers", {})["Location"] = {
-                            "description": LOCATIONS[op_id], "schema": {"type": "string"}}
+                            "description": LOCATIONS[op_id],
+                            "schema": {"type": "string"},
+                        }
             if op_id == "runs-events":
                 sse = responses.get("200", {}).get("content", {}).get("text/event-stream")
                 if sse is not None:
                     sse.clear()
-                    sse.update({"schema": {"type": "string", "description": SSE_DESCRIPTION},
-                                "example": 'id: 41\nevent: step_succeeded\ndata: {"id": 41, "run_id": '
-                                           '"0b9c6b0e-5d7e-4f7c-9a52-3f1f0f2d9a11", "type": "step_succeeded", '
-                                           '"step_key": "charge", "payload": {}, "at": "2026-11-26T10:00:01Z"}\n\n'})
+                    sse.update(
+                        {
+                            "schema": {"type": "string", "description": SSE_DESCRIPTION},
+                            "example": 'id: 41\nevent: step_succeeded\ndata: {"id": 41, "run_id": '
+                            '"0b9c6b0e-5d7e-4f7c-9a52-3f1f0f2d9a11", "type": "step_succeeded", '
+                            '"step_key": "charge", "payload": {}, "at": "2026-11-26T10:00:01Z"}\n\n',
+                        }
+                    )
             op["responses"] = dict(sorted(responses.items()))
     return schema

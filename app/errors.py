@@ -1,4 +1,5 @@
 """Typed domain errors and the one handler that turns every error into RFC 9457 problem+json."""
+
 from __future__ import annotations
 
 import logging
@@ -62,12 +63,18 @@ class DatabaseUnavailable(DomainError):
     status, code, title = 503, "database-unavailable", "Database unavailable"
 
     def __init__(self, detail: str | None = None):
-        super().__init__(detail or "The database cannot be reached; try again shortly.",
-                         headers={"Retry-After": "1"})
+        super().__init__(detail or "The database cannot be reached; try again shortly.", headers={"Retry-After": "1"})
 
 
-def problem_response(request: Request | None, status: int, title: str, detail: str, code: str,
-                     headers: dict[str, str] | None = None, **extra: Any) -> Response:
+def problem_response(
+    request: Request | None,
+    status: int,
+    title: str,
+    detail: str,
+    code: str,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> Response:
     rid = getattr(request.state, "request_id", None) if request is not None else None
     body: dict[str, Any] = {
         "type": PROBLEM_BASE + code,
@@ -78,17 +85,24 @@ def problem_response(request: Request | None, status: int, title: str, detail: s
         "request_id": rid,
     }
     body.update({k: v for k, v in extra.items() if v is not None})
-    return Response(orjson.dumps(body, default=str), status_code=status,
-                    media_type="application/problem+json", headers=headers)
+    return Response(
+        orjson.dumps(body, default=str), status_code=status, media_type="application/problem+json", headers=headers
+    )
 
 
-_HTTP_CODES = {400: ("bad-request", "Bad request"), 401: ("unauthorized", "Unauthorized"),
-               403: ("forbidden", "Forbidden"), 404: ("not-found", "Not found"),
-               405: ("method-not-allowed", "Method not allowed"),
-               406: ("not-acceptable", "Not acceptable"), 409: ("conflict", "Conflict"),
-               413: ("payload-too-large", "Payload too large"),
-               415: ("unsupported-media-type", "Unsupported media type"),
-               422: ("unprocessable", "Unprocessable entity"), 503: ("unavailable", "Service unavailable")}
+_HTTP_CODES = {
+    400: ("bad-request", "Bad request"),
+    401: ("unauthorized", "Unauthorized"),
+    403: ("forbidden", "Forbidden"),
+    404: ("not-found", "Not found"),
+    405: ("method-not-allowed", "Method not allowed"),
+    406: ("not-acceptable", "Not acceptable"),
+    409: ("conflict", "Conflict"),
+    413: ("payload-too-large", "Payload too large"),
+    415: ("unsupported-media-type", "Unsupported media type"),
+    422: ("unprocessable", "Unprocessable entity"),
+    503: ("unavailable", "Service unavailable"),
+}
 
 
 def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
@@ -119,16 +133,28 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
-        return problem_response(request, 422, "Unprocessable entity", "The request is not valid.",
-                                "validation", errors=_validation_errors(exc))
+        return problem_response(
+            request,
+            422,
+            "Unprocessable entity",
+            "The request is not valid.",
+            "validation",
+            errors=_validation_errors(exc),
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
         if exc.status_code == 400 and exc.__cause__ is not None:
             # FastAPI answers 400 when a body cannot even be decoded (e.g. not UTF-8); report it like any
             # other malformed body, as the documented 422.
-            return problem_response(request, 422, "Unprocessable entity", "The body is not valid JSON.",
-                                    "validation", errors=[{"loc": ["body"], "msg": "invalid JSON", "type": "json_invalid"}])
+            return problem_response(
+                request,
+                422,
+                "Unprocessable entity",
+                "The body is not valid JSON.",
+                "validation",
+                errors=[{"loc": ["body"], "msg": "invalid JSON", "type": "json_invalid"}],
+            )
         headers = dict(exc.headers or {})
         if exc.status_code == 405:
             # The router names only the first route that matched the path; list every method it serves.
@@ -153,17 +179,22 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(asyncpg.exceptions.DataError)
     async def _data(request: Request, exc: Exception):
-        return problem_response(request, 422, "Unprocessable entity", "A value is out of range or malformed.",
-                                "unprocessable")
+        return problem_response(
+            request, 422, "Unprocessable entity", "A value is out of range or malformed.", "unprocessable"
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         from app.db.engine import is_db_unavailable
 
         if is_db_unavailable(exc):
-            return problem_response(request, 503, "Database unavailable",
-                                    "The database cannot be reached; try again shortly.",
-                                    "database-unavailable", {"Retry-After": "1"})
+            return problem_response(
+                request,
+                503,
+                "Database unavailable",
+                "The database cannot be reached; try again shortly.",
+                "database-unavailable",
+                {"Retry-After": "1"},
+            )
         log.exception("unhandled error", extra={"path": request.url.path})
-        return problem_response(request, 500, "Internal server error", "An unexpected error occurred.",
-                                "internal")
+        return problem_response(request, 500, "Internal server error", "An unexpected error occurred.", "internal")

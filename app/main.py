@@ -1,4 +1,5 @@
 """The FastAPI application: wiring of routers, middleware, error handlers and lifespan."""
+
 from __future__ import annotations
 
 import contextlib
@@ -37,16 +38,28 @@ OPENAPI_TAGS = [
     {"name": "runs", "description": "Start, list and inspect runs, their steps, lineage and events; cancel or pause."},
     {"name": "resume", "description": "Resume a failed, paused or cancelled run from a chosen step, or preview it."},
     {"name": "hooks", "description": "Signed webhook deliveries that start runs (no bearer token)."},
-    {"name": "bulk-resume", "description": "Resume every run a filter matches (e.g. after an outage): throttled, "
-                                           "previewable, idempotent, cancellable and audited per run."},
+    {
+        "name": "bulk-resume",
+        "description": "Resume every run a filter matches (e.g. after an outage): throttled, "
+        "previewable, idempotent, cancellable and audited per run.",
+    },
     {"name": "audit", "description": "The append-only audit log of a project (owners only)."},
-    {"name": "health", "description": "Liveness, readiness (no bearer token) and Prometheus metrics (a bearer "
-                                      "token only when MESHHOOK_METRICS_TOKEN is set)."},
+    {
+        "name": "health",
+        "description": "Liveness, readiness (no bearer token) and Prometheus metrics (a bearer "
+        "token only when MESHHOOK_METRICS_TOKEN is set).",
+    },
 ]
 
 
-def create_app(settings: Settings | None = None, *, database_url: str | None = None,
-               jwt_secret: str | None = None, secret_key: str | None = None, run_worker: bool = False) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    database_url: str | None = None,
+    jwt_secret: str | None = None,
+    secret_key: str | None = None,
+    run_worker: bool = False,
+) -> FastAPI:
     settings = settings or get_settings()
 
     @contextlib.asynccontextmanager
@@ -59,10 +72,14 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
 
             url = resolve_database_url()
         url = with_pooler(url, settings.db_pooler)
-        app.state.db = Database(url, pool_size=settings.db_pool_size, application_name="meshhook-api",
-                                connect_timeout_s=settings.db_connect_timeout_s,
-                                pool_timeout_s=settings.db_pool_timeout_s,
-                                command_timeout_s=settings.db_command_timeout_s)
+        app.state.db = Database(
+            url,
+            pool_size=settings.db_pool_size,
+            application_name="meshhook-api",
+            connect_timeout_s=settings.db_connect_timeout_s,
+            pool_timeout_s=settings.db_pool_timeout_s,
+            command_timeout_s=settings.db_command_timeout_s,
+        )
         app.state.http = httpx.AsyncClient()
         app.state.verifier = TokenVerifier(settings, app.state.http, hs_secret=jwt_secret)
         key = secret_key or settings.secret_key
@@ -73,8 +90,14 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
         app.state.cipher = Cipher(key)
         app.state.hub = EventHub(listen_dsn(settings.listen_url, url), poll_s=settings.poll_interval_s)
         app.state.hub.start()  # at start, so a process with nowhere to LISTEN says it polls right away
-        log.info("database pool ready", extra={"pooler": app.state.db.pooler, "pool_size": settings.db_pool_size,
-                                               "notifications": "listen" if app.state.hub.listens else "polling"})
+        log.info(
+            "database pool ready",
+            extra={
+                "pooler": app.state.db.pooler,
+                "pool_size": settings.db_pool_size,
+                "notifications": "listen" if app.state.hub.listens else "polling",
+            },
+        )
         worker = None
         if run_worker:
             from app.engine.worker import WorkerThread
@@ -93,9 +116,16 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
             await app.state.db.dispose()
 
     # redirect_slashes=False: a trailing slash is a 404, never a redirect built from the Host header.
-    app = FastAPI(title="MeshHook engine service", version="0.1.0", description=DESCRIPTION,
-                  lifespan=lifespan,
-                  openapi_tags=OPENAPI_TAGS, docs_url=None, redoc_url=None, redirect_slashes=False)
+    app = FastAPI(
+        title="MeshHook engine service",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        openapi_tags=OPENAPI_TAGS,
+        docs_url=None,
+        redoc_url=None,
+        redirect_slashes=False,
+    )
     app.state.settings = settings
     install_error_handlers(app)
     install_docs(app, "MeshHook engine service")
@@ -121,8 +151,13 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
     async def healthz():
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"], operation_id="health-ready", summary="Readiness (checks the database)",
-             responses=errors_for(503))
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        operation_id="health-ready",
+        summary="Readiness (checks the database)",
+        responses=errors_for(503),
+    )
     async def readyz(request: Request):
         try:
             await request.app.state.db.ping()
@@ -132,10 +167,16 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
             raise DatabaseUnavailable() from exc
         return {"status": "ready"}
 
-    @app.get("/metrics", tags=["health"], operation_id="health-metrics", summary="Prometheus metrics",
-             description="Open when MESHHOOK_METRICS_TOKEN is unset; otherwise requires "
-                         "`Authorization: Bearer <MESHHOOK_METRICS_TOKEN>` (DESIGN §9.5).",
-             response_class=PlainTextResponse, responses=errors_for(401))
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        operation_id="health-metrics",
+        summary="Prometheus metrics",
+        description="Open when MESHHOOK_METRICS_TOKEN is unset; otherwise requires "
+        "`Authorization: Bearer <MESHHOOK_METRICS_TOKEN>` (DESIGN §9.5).",
+        response_class=PlainTextResponse,
+        responses=errors_for(401),
+    )
     async def metrics(request: Request):
         expected = settings.metrics_token
         if expected is not None:
@@ -170,18 +211,23 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
                     op["responses"].setdefault("413", too_large)
                     op["responses"] = dict(sorted(op["responses"].items()))
         components["schemas"] = dict(sorted(schemas.items()))
-        finish_contract(schema, {"schema": {"$ref": "#/components/schemas/Problem"}},
-                        example_models=(RunDetail, BulkResumeRead))
+        finish_contract(
+            schema, {"schema": {"$ref": "#/components/schemas/Problem"}}, example_models=(RunDetail, BulkResumeRead)
+        )
         app.openapi_schema = schema
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
 
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=False,
-                           allow_methods=["GET", "POST", "PUT", "OPTIONS"],
-                           allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID",
-                                          "X-Request-ID"],
-                           expose_headers=["Location", "X-Request-ID", "Retry-After"], max_age=86400)
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_credentials=False,
+            allow_methods=["GET", "POST", "PUT", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID", "X-Request-ID"],
+            expose_headers=["Location", "X-Request-ID", "Retry-After"],
+            max_age=86400,
+        )
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     return app

@@ -1,5 +1,6 @@
 """ASGI middleware: request ids, access log lines, the request body size limit, the rules every JSON
 body follows (one place, so every endpoint answers alike), and HEAD wherever GET works."""
+
 from __future__ import annotations
 
 import logging
@@ -119,13 +120,23 @@ class RequestContextMiddleware:
                 if raw:
                     refusal: tuple[int, str, str, str, list[dict] | None] | None = None
                     if not _is_json(content_type):
-                        refusal = (415, "unsupported-media-type", "Unsupported media type",
-                                   "The body must be JSON (Content-Type: application/json).", None)
+                        refusal = (
+                            415,
+                            "unsupported-media-type",
+                            "Unsupported media type",
+                            "The body must be JSON (Content-Type: application/json).",
+                            None,
+                        )
                     else:
                         problem = json_body_problem(raw)
                         if problem is not None:
-                            refusal = (422, "validation", "Unprocessable entity", "The body is not acceptable JSON.",
-                                       [{"loc": ["body"], "msg": problem, "type": "json_invalid"}])
+                            refusal = (
+                                422,
+                                "validation",
+                                "Unprocessable entity",
+                                "The body is not acceptable JSON.",
+                                [{"loc": ["body"], "msg": problem, "type": "json_invalid"}],
+                            )
                     if refusal is not None:
                         await self._problem(scope, send_with_id, rid, *refusal)
                         return
@@ -141,24 +152,52 @@ class RequestContextMiddleware:
             status = status_holder["status"]
             HTTP_REQUESTS.labels(scope["method"], str(status)).inc()
             if scope["path"] not in ("/healthz", "/metrics"):
-                log.info("request", extra={"method": scope["method"], "path": scope["path"],
-                                           "status": status, "ms": round(elapsed_ms, 2)})
+                log.info(
+                    "request",
+                    extra={
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "status": status,
+                        "ms": round(elapsed_ms, 2),
+                    },
+                )
             request_id_var.reset(token)
 
     async def _too_large(self, scope, send, rid):
-        await self._problem(scope, send, rid, 413, "payload-too-large", "Payload too large",
-                            f"The request body exceeds {self.max_body_bytes} bytes.", None)
+        await self._problem(
+            scope,
+            send,
+            rid,
+            413,
+            "payload-too-large",
+            "Payload too large",
+            f"The request body exceeds {self.max_body_bytes} bytes.",
+            None,
+        )
 
     @staticmethod
     async def _problem(scope, send, rid, status: int, code: str, title: str, detail: str, errors) -> None:
-        problem = {"type": f"https://meshhook.dev/problems/{code}", "title": title, "status": status,
-                   "detail": detail, "instance": scope["path"], "request_id": rid}
+        problem = {
+            "type": f"https://meshhook.dev/problems/{code}",
+            "title": title,
+            "status": status,
+            "detail": detail,
+            "instance": scope["path"],
+            "request_id": rid,
+        }
         if errors is not None:
             problem["errors"] = errors
         body = orjson.dumps(problem)
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/problem+json"),
-                                (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/problem+json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 

@@ -1,4 +1,5 @@
 """Service configuration, read once from the environment (names as in DESIGN §7)."""
+
 from __future__ import annotations
 
 import base64
@@ -149,7 +150,7 @@ class Settings(BaseSettings):
         return LOCAL_ISSUER
 
     @property
-    def egress_policy(self) -> "EgressPolicy":
+    def egress_policy(self) -> EgressPolicy:
         from app.egress.policy import EgressPolicy
 
         return EgressPolicy.from_setting(self.egress_allow)

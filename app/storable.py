@@ -5,6 +5,7 @@ error deep inside a transaction). Inside the engine, `to_storable` turns what a 
 received into such a value: NUL becomes the six characters `\\u0000` (NUL_ESCAPE; a string that
 already contained those six characters reads the same afterwards), unpaired surrogates become
 U+FFFD, and what has no faithful storable form raises `Unstorable`."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """HTTP route for the owner-only audit view."""
+
 from __future__ import annotations
 
 import uuid
@@ -40,14 +41,26 @@ class AuditList(BaseModel):
     next_cursor: str | None = None
 
 
-@router.get("/projects/{project_id}/audit", response_model=AuditList, operation_id="audit-list",
-            summary="The project's audit log, newest first (owner)", responses=errors_for(401, 403, 404, 422, 503))
-async def list_audit(project_id: Annotated[uuid.UUID, Path()], user: CurrentUser, db: DbDep,
-                     action: Annotated[StorableText | None, Query(max_length=100)] = None,
-                     actor_id: uuid.UUID | None = None, run_id: uuid.UUID | None = None,
-                     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-                     cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,18}$",
-                                                         description="`next_cursor` of the previous page")] = None):
+@router.get(
+    "/projects/{project_id}/audit",
+    response_model=AuditList,
+    operation_id="audit-list",
+    summary="The project's audit log, newest first (owner)",
+    responses=errors_for(401, 403, 404, 422, 503),
+)
+async def list_audit(
+    project_id: Annotated[uuid.UUID, Path()],
+    user: CurrentUser,
+    db: DbDep,
+    action: Annotated[StorableText | None, Query(max_length=100)] = None,
+    actor_id: uuid.UUID | None = None,
+    run_id: uuid.UUID | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[
+        str | None, Query(pattern=r"^[0-9]{1,18}$", description="`next_cursor` of the previous page")
+    ] = None,
+):
     async with db.user_scope(user.claims) as tx:
-        return await service.list_audit(tx, project_id, action=action, actor_id=actor_id, run_id=run_id,
-                                        cursor=cursor, limit=limit)
+        return await service.list_audit(
+            tx, project_id, action=action, actor_id=actor_id, run_id=run_id, cursor=cursor, limit=limit
+        )

@@ -1,4 +1,5 @@
 """FastAPI dependencies for the caller's identity."""
+
 from __future__ import annotations
 
 from typing import Annotated

@@ -5,6 +5,7 @@ ES256/RS256 through the project's JWKS (cached ≤ 10 min, one refetch on an unk
 asking Supabase Auth itself. Verified tokens are cached until they expire, so a client
 that sends the same token on every request pays for the signature check once.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -66,7 +67,10 @@ class JwksCache:
         now = time.monotonic()
         if now - self.fetched_at > self.ttl_s:
             async with self._lock:
-                if time.monotonic() - self.fetched_at > self.ttl_s and time.monotonic() - self.attempted_at >= self.min_refetch_s:
+                if (
+                    time.monotonic() - self.fetched_at > self.ttl_s
+                    and time.monotonic() - self.attempted_at >= self.min_refetch_s
+                ):
                     await self._fetch()
         key = self.keys.get(kid)
         if key is None and time.monotonic() - self.attempted_at >= self.min_refetch_s:
@@ -132,8 +136,12 @@ class TokenVerifier:
     def _decode(self, token: str, key: Any, alg: str) -> dict[str, Any]:
         try:
             return jwt.decode(
-                token, key, algorithms=[alg], audience=self.settings.jwt_audience,
-                issuer=self.settings.issuer, leeway=self.settings.jwt_leeway_s,
+                token,
+                key,
+                algorithms=[alg],
+                audience=self.settings.jwt_audience,
+                issuer=self.settings.issuer,
+                leeway=self.settings.jwt_leeway_s,
                 options={"require": ["exp", "sub", "iss"]},
             )
         except jwt.ExpiredSignatureError:
@@ -183,8 +191,15 @@ class TokenVerifier:
         return self._user(claims)
 
 
-def mint_dev_token(secret: str, sub: str, *, issuer: str | None, audience: str = "authenticated",
-                   ttl_s: int = 3600, email: str | None = None) -> str:
+def mint_dev_token(
+    secret: str,
+    sub: str,
+    *,
+    issuer: str | None,
+    audience: str = "authenticated",
+    ttl_s: int = 3600,
+    email: str | None = None,
+) -> str:
     now = int(time.time())
     claims: dict[str, Any] = {"sub": sub, "role": "authenticated", "aud": audience, "iat": now, "exp": now + ttl_s}
     if issuer:

@@ -1,4 +1,5 @@
 """SQL for bulk resume: matching runs, the job and its items, progress events, claims and leases."""
+
 from __future__ import annotations
 
 import uuid
@@ -10,9 +11,11 @@ from app.db.engine import Tx
 WAKE_CHANNEL = "meshhook_bulk"
 WAKE_PAYLOAD = "created"
 
-JOB_COLUMNS = ("id, project_id, workflow_id, status, request, request_hash, max_per_second, matched, accepted,"
-               " skipped, rejected, next_position, error, created_by, created_at, started_at, cancelled_at,"
-               " finished_at")
+JOB_COLUMNS = (
+    "id, project_id, workflow_id, status, request, request_hash, max_per_second, matched, accepted,"
+    " skipped, rejected, next_position, error, created_by, created_at, started_at, cancelled_at,"
+    " finished_at"
+)
 
 # A run's newer attempts: every descendant with its status, the nearest first. The bulk job skips a
 # run that is resolved (a succeeded descendant), being resumed (a queued or running one) or was
@@ -114,6 +117,7 @@ from c
 @dataclass(frozen=True, slots=True)
 class RunMatch:
     """A bulk resume's filter, resolved: which runs of one workflow it matches."""
+
     project_id: uuid.UUID
     workflow_id: uuid.UUID
     statuses: list[str]
@@ -123,8 +127,15 @@ class RunMatch:
     run_ids: list[uuid.UUID] | None = None
 
     def args(self) -> tuple:
-        return (self.project_id, self.workflow_id, self.statuses, self.created_after, self.created_before,
-                self.run_ids, self.failed_step)
+        return (
+            self.project_id,
+            self.workflow_id,
+            self.statuses,
+            self.created_after,
+            self.created_before,
+            self.run_ids,
+            self.failed_step,
+        )
 
 
 _MATCH = """
@@ -142,8 +153,11 @@ class BulkRepository:
 
     # ---- matching (as the caller: RLS decides what is visible) ----------------------------------
     async def match_runs(self, m: RunMatch, limit: int):
-        return await self.tx.fetch(f"select r.id, r.workflow_version, r.status from runs r {_MATCH}"
-                                   " order by r.created_at, r.id limit $8", *m.args(), limit)
+        return await self.tx.fetch(
+            f"select r.id, r.workflow_version, r.status from runs r {_MATCH} order by r.created_at, r.id limit $8",
+            *m.args(),
+            limit,
+        )
 
     async def count_runs(self, m: RunMatch) -> int:
         return await self.tx.fetchval(f"select count(*) from runs r {_MATCH}", *m.args())
@@ -151,8 +165,10 @@ class BulkRepository:
     async def step_statuses(self, run_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, str]]:
         rows = await self.tx.fetch(
             "select run_id, array_agg(step_key) as keys, array_agg(status) as statuses from step_runs"
-            " where run_id = any($1::uuid[]) group by run_id", run_ids)
-        return {r["run_id"]: dict(zip(r["keys"], r["statuses"])) for r in rows}
+            " where run_id = any($1::uuid[]) group by run_id",
+            run_ids,
+        )
+        return {r["run_id"]: dict(zip(r["keys"], r["statuses"], strict=True)) for r in rows}
 
     async def descendants(self, run_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict]:
         return {r["origin"]: dict(r) for r in await self.tx.fetch(_DESCENDANTS, run_ids)}
@@ -160,12 +176,25 @@ class BulkRepository:
     # ---- the job (as the caller) ------------------------------------------------------------------
     async def by_idempotency_key(self, user_id: uuid.UUID, key: str):
         return await self.tx.fetchrow(
-            f"select {JOB_COLUMNS} from bulk_resumes where created_by = $1 and idempotency_key = $2", user_id, key)
+            f"select {JOB_COLUMNS} from bulk_resumes where created_by = $1 and idempotency_key = $2", user_id, key
+        )
 
-    async def insert_job(self, *, bulk_id: uuid.UUID, project_id: uuid.UUID, workflow_id: uuid.UUID, request: dict,
-                         request_hash: str, idempotency_key: str | None, max_per_second: int,
-                         created_by: uuid.UUID, request_id: str | None, ip: str | None,
-                         run_ids: list[uuid.UUID], from_steps: list[str | None]) -> bool:
+    async def insert_job(
+        self,
+        *,
+        bulk_id: uuid.UUID,
+        project_id: uuid.UUID,
+        workflow_id: uuid.UUID,
+        request: dict,
+        request_hash: str,
+        idempotency_key: str | None,
+        max_per_second: int,
+        created_by: uuid.UUID,
+        request_id: str | None,
+        ip: str | None,
+        run_ids: list[uuid.UUID],
+        from_steps: list[str | None],
+    ) -> bool:
         """The job, then (in a second statement, so that the items' policy sees the job is the caller's)
         its items, its first progress event and the workers' wake-up. False when a job with the same
         Idempotency-Key already exists (a concurrent twin)."""
@@ -177,8 +206,20 @@ class BulkRepository:
             " values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, case when $13 then clock_timestamp() end)"
             " on conflict (created_by, idempotency_key) where idempotency_key is not null do nothing"
             " returning id",
-            bulk_id, project_id, workflow_id, "succeeded" if done else "running", request, request_hash,
-            idempotency_key, max_per_second, matched, created_by, request_id, ip, done)
+            bulk_id,
+            project_id,
+            workflow_id,
+            "succeeded" if done else "running",
+            request,
+            request_hash,
+            idempotency_key,
+            max_per_second,
+            matched,
+            created_by,
+            request_id,
+            ip,
+            done,
+        )
         if inserted is None:
             return False
         await self.tx.execute(
@@ -192,14 +233,24 @@ class BulkRepository:
             "    'matched', $7::int, 'accepted', 0, 'skipped', 0, 'rejected', 0, 'pending', $7::int, 'items', '[]'::jsonb))"
             ")"
             " select pg_notify($8, $9)",
-            bulk_id, project_id, run_ids, from_steps, "succeeded" if done else "running", done, matched,
-            WAKE_CHANNEL, WAKE_PAYLOAD)
+            bulk_id,
+            project_id,
+            run_ids,
+            from_steps,
+            "succeeded" if done else "running",
+            done,
+            matched,
+            WAKE_CHANNEL,
+            WAKE_PAYLOAD,
+        )
         return True
 
     async def get_with_role(self, bulk_id: uuid.UUID):
         return await self.tx.fetchrow(
             f"select {JOB_COLUMNS}, (select m.role from project_members m where m.project_id = b.project_id"
-            " and m.user_id = (select auth.uid())) as caller_role from bulk_resumes b where b.id = $1", bulk_id)
+            " and m.user_id = (select auth.uid())) as caller_role from bulk_resumes b where b.id = $1",
+            bulk_id,
+        )
 
     async def get(self, bulk_id: uuid.UUID):
         return await self.tx.fetchrow(f"select {JOB_COLUMNS} from bulk_resumes where id = $1", bulk_id)
@@ -207,13 +258,18 @@ class BulkRepository:
     async def items(self, bulk_id: uuid.UUID, outcome: str | None = None):
         return await self.tx.fetch(
             "select position, run_id, from_step, outcome, new_run_id, why from bulk_resume_items"
-            " where bulk_id = $1 and ($2::text is null or outcome = $2) order by position", bulk_id, outcome)
+            " where bulk_id = $1 and ($2::text is null or outcome = $2) order by position",
+            bulk_id,
+            outcome,
+        )
 
     async def cancel(self, bulk_id: uuid.UUID, why: str) -> bool:
         """The job becomes `cancelled`; the items it has not handed to a resume yet are skipped."""
         start = await self.tx.fetchval(
             "update bulk_resumes set status = 'cancelled', cancelled_at = clock_timestamp(), updated_at = clock_timestamp()"
-            " where id = $1 and status = 'running' returning next_position", bulk_id)
+            " where id = $1 and status = 'running' returning next_position",
+            bulk_id,
+        )
         if start is None:
             return False
         await self.tx.execute(_SKIP_NOT_STARTED, bulk_id, start, why)
@@ -222,7 +278,11 @@ class BulkRepository:
     async def events(self, bulk_id: uuid.UUID, after: int, limit: int):
         return await self.tx.fetch(
             "select id, bulk_id, type, payload, at from bulk_resume_events where bulk_id = $1 and id > $2"
-            " order by id limit $3", bulk_id, after, limit)
+            " order by id limit $3",
+            bulk_id,
+            after,
+            limit,
+        )
 
     # ---- the worker (login role) --------------------------------------------------------------------
     async def claim(self, owner: str, limit: int, lease_s: float, exclude: list[uuid.UUID]):
@@ -236,14 +296,19 @@ class BulkRepository:
             " from c where b.id = c.id"
             " returning b.id, b.project_id, b.status, b.request, b.max_per_second, b.matched, b.next_position,"
             "   b.created_by, b.request_id, b.ip, b.crashes",
-            owner, limit, exclude, lease_s)
+            owner,
+            limit,
+            exclude,
+            lease_s,
+        )
 
     async def unsettled_started_items(self, bulk_id: uuid.UUID):
         """Items handed to a resume whose outcome was never recorded (the worker died or lost its lease)."""
         return await self.tx.fetch(
             "select i.position, i.run_id, i.from_step from bulk_resume_items i join bulk_resumes b on b.id = i.bulk_id"
             " where i.bulk_id = $1 and i.position < b.next_position and i.outcome = 'pending' order by i.position",
-            bulk_id)
+            bulk_id,
+        )
 
     async def start_batch(self, bulk_id: uuid.UUID, owner: str, start: int, end: int):
         """Hand items [start, end) to resumes: only while the job runs and this worker holds its lease."""
@@ -253,10 +318,22 @@ class BulkRepository:
             "  where id = $1 and status = 'running' and lease_owner = $2 and next_position = $3 returning id)"
             " select i.position, i.run_id, i.from_step from bulk_resume_items i join b on i.bulk_id = b.id"
             " where i.position >= $3 and i.position < $4 order by i.position",
-            bulk_id, owner, start, end)
+            bulk_id,
+            owner,
+            start,
+            end,
+        )
 
-    async def record(self, bulk_id: uuid.UUID, owner: str, lease_s: float, positions: list[int], outcomes: list[str],
-                     new_run_ids: list[uuid.UUID | None], whys: list[str | None]):
+    async def record(
+        self,
+        bulk_id: uuid.UUID,
+        owner: str,
+        lease_s: float,
+        positions: list[int],
+        outcomes: list[str],
+        new_run_ids: list[uuid.UUID | None],
+        whys: list[str | None],
+    ):
         return await self.tx.fetchrow(_RECORD, bulk_id, positions, outcomes, new_run_ids, whys, owner, lease_s)
 
     async def reject_rest(self, bulk_id: uuid.UUID, why: str) -> None:
@@ -266,7 +343,10 @@ class BulkRepository:
             "  from bulk_resumes b where b.id = $1 and i.bulk_id = b.id and i.position >= b.next_position"
             "  and i.outcome = 'pending' returning 1)"
             " update bulk_resumes set rejected = rejected + (select count(*) from s), next_position = matched"
-            " where id = $1", bulk_id, why)
+            " where id = $1",
+            bulk_id,
+            why,
+        )
 
     async def finish(self, bulk_id: uuid.UUID, owner: str, status: str, error: str | None = None) -> str | None:
         return await self.tx.fetchval(_FINISH, bulk_id, owner, status, error)
@@ -274,12 +354,17 @@ class BulkRepository:
     async def release(self, bulk_id: uuid.UUID, owner: str) -> None:
         await self.tx.execute(
             "update bulk_resumes set lease_owner = null, lease_expires_at = null where id = $1 and lease_owner = $2",
-            bulk_id, owner)
+            bulk_id,
+            owner,
+        )
 
     async def record_crash(self, bulk_id: uuid.UUID, owner: str) -> int | None:
         return await self.tx.fetchval(
             "update bulk_resumes set crashes = crashes + 1, lease_owner = null, lease_expires_at = null"
-            " where id = $1 and lease_owner = $2 returning crashes", bulk_id, owner)
+            " where id = $1 and lease_owner = $2 returning crashes",
+            bulk_id,
+            owner,
+        )
 
     async def fail(self, bulk_id: uuid.UUID, error: str) -> None:
         """The job keeps crashing its driver: it ends `failed`, every unsettled item rejected with the error."""
@@ -293,8 +378,12 @@ class BulkRepository:
             " insert into bulk_resume_events (bulk_id, project_id, type, payload)"
             " select id, project_id, 'bulk_progress', jsonb_build_object('status', status, 'final', true,"
             "  'matched', matched, 'accepted', accepted, 'skipped', skipped, 'rejected', rejected, 'pending', 0,"
-            "  'error', $2::text, 'items', '[]'::jsonb) from j", bulk_id, error)
+            "  'error', $2::text, 'items', '[]'::jsonb) from j",
+            bulk_id,
+            error,
+        )
 
     async def creator_role(self, project_id: uuid.UUID, user_id: uuid.UUID) -> str | None:
         return await self.tx.fetchval(
-            "select role from project_members where project_id = $1 and user_id = $2", project_id, user_id)
+            "select role from project_members where project_id = $1 and user_id = $2", project_id, user_id
+        )

@@ -1,4 +1,5 @@
 """HTTP routes for bulk resume: create (or preview), progress, cancel, progress events (JSON or SSE)."""
+
 from __future__ import annotations
 
 import uuid
@@ -35,57 +36,91 @@ CREATE_DESCRIPTION = """Resume every run a filter matches, throttled, through ex
 
 
 def _json(status: int, body: dict, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(body, default=str), status_code=status, media_type="application/json",
-                    headers=headers)
+    return Response(orjson.dumps(body, default=str), status_code=status, media_type="application/json", headers=headers)
 
 
-@router.post("/projects/{project_id}/bulk-resumes", status_code=202, response_model=BulkResumeRead,
-             operation_id="bulk-resumes-create",
-             summary="Resume every run a filter matches, throttled and audited (editor+); or preview it",
-             description=CREATE_DESCRIPTION,
-             responses=errors_for(401, 403, 404, 413, 422, 503) | {
-                 200: {"description": "Dry run: the matched runs and what a resume would do to each; nothing "
-                                      "written", "content": {"application/json": {
-                                          "schema": {"$ref": "#/components/schemas/BulkResumeRead"}}}}})
-async def create(project_id: Annotated[uuid.UUID, Path()], body: BulkResumeCreate, request: Request,
-                 user: CurrentUser, db: DbDep,
-                 idempotency_key: Annotated[str | None, Header(max_length=255)] = None):
+@router.post(
+    "/projects/{project_id}/bulk-resumes",
+    status_code=202,
+    response_model=BulkResumeRead,
+    operation_id="bulk-resumes-create",
+    summary="Resume every run a filter matches, throttled and audited (editor+); or preview it",
+    description=CREATE_DESCRIPTION,
+    responses=errors_for(401, 403, 404, 413, 422, 503)
+    | {
+        200: {
+            "description": "Dry run: the matched runs and what a resume would do to each; nothing written",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BulkResumeRead"}}},
+        }
+    },
+)
+async def create(
+    project_id: Annotated[uuid.UUID, Path()],
+    body: BulkResumeCreate,
+    request: Request,
+    user: CurrentUser,
+    db: DbDep,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+):
     async with db.user_scope(user.claims) as tx:
         status, job = await service.create(tx, user, project_id, body, idempotency_key, RequestFacts.of(request))
     headers = {"Location": f"/bulk-resumes/{job['id']}"} if job["id"] is not None else None
     return _json(status, job, headers)
 
 
-@router.get("/bulk-resumes/{bulk_id}", response_model=BulkResumeRead, operation_id="bulk-resumes-get",
-            summary="A bulk resume's progress and the outcome of every run", responses=errors_for(401, 404, 422, 503))
-async def get(bulk_id: BulkId, user: CurrentUser, db: DbDep,
-              outcome: Annotated[Outcome | None, Query(description="Only the items with this outcome")] = None):
+@router.get(
+    "/bulk-resumes/{bulk_id}",
+    response_model=BulkResumeRead,
+    operation_id="bulk-resumes-get",
+    summary="A bulk resume's progress and the outcome of every run",
+    responses=errors_for(401, 404, 422, 503),
+)
+async def get(
+    bulk_id: BulkId,
+    user: CurrentUser,
+    db: DbDep,
+    outcome: Annotated[Outcome | None, Query(description="Only the items with this outcome")] = None,
+):
     async with db.user_scope(user.claims) as tx:
         return _json(200, await service.get(tx, bulk_id, outcome))
 
 
-@router.post("/bulk-resumes/{bulk_id}/cancel", status_code=202, response_model=BulkResumeRead,
-             operation_id="bulk-resumes-cancel",
-             summary="Cancel a bulk resume (editor+): runs not yet resumed are skipped",
-             description="Runs already handed to a resume finish as they would; every other pending run is "
-                         "`skipped`. 409 when the job has already ended.",
-             responses=errors_for(401, 403, 404, 409, 422, 503))
+@router.post(
+    "/bulk-resumes/{bulk_id}/cancel",
+    status_code=202,
+    response_model=BulkResumeRead,
+    operation_id="bulk-resumes-cancel",
+    summary="Cancel a bulk resume (editor+): runs not yet resumed are skipped",
+    description="Runs already handed to a resume finish as they would; every other pending run is "
+    "`skipped`. 409 when the job has already ended.",
+    responses=errors_for(401, 403, 404, 409, 422, 503),
+)
 async def cancel(bulk_id: BulkId, request: Request, user: CurrentUser, db: DbDep):
     async with db.user_scope(user.claims) as tx:
         job = await service.cancel(tx, user, bulk_id, RequestFacts.of(request))
     return _json(202, job, {"Location": f"/bulk-resumes/{bulk_id}"})
 
 
-@router.get("/bulk-resumes/{bulk_id}/events", response_model=BulkEventList, operation_id="bulk-resumes-events",
-            summary="A bulk resume's `bulk_progress` events: JSON, or a live SSE stream with "
-                    "Accept: text/event-stream",
-            description="Each event carries the job's `status`, its counts and the runs settled since the "
-                        "previous event. With `Accept: text/event-stream` the response replays events after "
-                        "`Last-Event-ID` (or `after`), then streams new ones as they commit, and ends after the "
-                        "event with `final: true`.",
-            responses=errors_for(401, 404, 422, 503) | {200: {"content": {"text/event-stream": {}}}})
-async def events(bulk_id: BulkId, request: Request, user: CurrentUser, db: DbDep, after: EventsAfter = 0,
-                 limit: EventsLimit = 500, last_event_id: LastEventId = None):
+@router.get(
+    "/bulk-resumes/{bulk_id}/events",
+    response_model=BulkEventList,
+    operation_id="bulk-resumes-events",
+    summary="A bulk resume's `bulk_progress` events: JSON, or a live SSE stream with Accept: text/event-stream",
+    description="Each event carries the job's `status`, its counts and the runs settled since the "
+    "previous event. With `Accept: text/event-stream` the response replays events after "
+    "`Last-Event-ID` (or `after`), then streams new ones as they commit, and ends after the "
+    "event with `final: true`.",
+    responses=errors_for(401, 404, 422, 503) | {200: {"content": {"text/event-stream": {}}}},
+)
+async def events(
+    bulk_id: BulkId,
+    request: Request,
+    user: CurrentUser,
+    db: DbDep,
+    after: EventsAfter = 0,
+    limit: EventsLimit = 500,
+    last_event_id: LastEventId = None,
+):
     if not wants_event_stream(request.headers.get("accept", "")):
         async with db.user_scope(user.claims) as tx:
             return _json(200, await service.list_events(tx, bulk_id, after, limit))
@@ -98,6 +133,15 @@ async def events(bulk_id: BulkId, request: Request, user: CurrentUser, db: DbDep
         async with db.user_scope(user.claims) as tx:
             return (await service.list_events(tx, bulk_id, after_id, 1000))["items"]
 
-    stream = event_stream(request.app.state.hub, bulk_id, first["items"], after, read,
-                          lambda ev: bool(ev["payload"].get("final")), float(user.claims.get("exp", 0)))
-    return EventSourceResponse(stream, ping=request.app.state.settings.sse_ping_s, headers={"Cache-Control": "no-store"})
+    stream = event_stream(
+        request.app.state.hub,
+        bulk_id,
+        first["items"],
+        after,
+        read,
+        lambda ev: bool(ev["payload"].get("final")),
+        float(user.claims.get("exp", 0)),
+    )
+    return EventSourceResponse(
+        stream, ping=request.app.state.settings.sse_ping_s, headers={"Cache-Control": "no-store"}
+    )

@@ -8,6 +8,7 @@ No run is resumed twice, whatever dies when: every resume carries the key
 run) by the worker that takes the job over, and items are only ever settled once (`outcome =
 'pending'` guards every update). NOTIFY wakes the driver on a new job; it also polls.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -57,12 +58,20 @@ class BulkRunner:
         # costs more than the resume it serves (asyncpg's type introspection, the dialect's set-up).
         # Half of it is kept open between jobs (a worker that never drives a job opens none), the rest
         # is overflow, closed when a job's burst is over: idle workers do not hold a server's connections.
-        self.db = Database(database_url, pool_size=(MAX_IN_FLIGHT + 2) // 2, max_overflow=(MAX_IN_FLIGHT + 2) // 2,
-                           application_name="meshhook-bulk",
-                           connect_timeout_s=settings.db_connect_timeout_s,
-                           command_timeout_s=settings.db_command_timeout_s)
-        self.hub = EventHub(listen_dsn(settings.listen_url, database_url), settings.poll_interval_s,
-                            channel=WAKE_CHANNEL, application_name="meshhook-bulk-listener")
+        self.db = Database(
+            database_url,
+            pool_size=(MAX_IN_FLIGHT + 2) // 2,
+            max_overflow=(MAX_IN_FLIGHT + 2) // 2,
+            application_name="meshhook-bulk",
+            connect_timeout_s=settings.db_connect_timeout_s,
+            command_timeout_s=settings.db_command_timeout_s,
+        )
+        self.hub = EventHub(
+            listen_dsn(settings.listen_url, database_url),
+            settings.poll_interval_s,
+            channel=WAKE_CHANNEL,
+            application_name="meshhook-bulk-listener",
+        )
         self.jobs: dict[uuid.UUID, asyncio.Task] = {}
         self._wake = self.hub.subscribe(WAKE_PAYLOAD) if notify else asyncio.Event()
 
@@ -73,8 +82,9 @@ class BulkRunner:
                 if free > 0:
                     try:
                         async with self.db.service_scope() as tx:
-                            rows = await BulkRepository(tx).claim(self.owner, free, self.settings.lease_s,
-                                                                  list(self.jobs))
+                            rows = await BulkRepository(tx).claim(
+                                self.owner, free, self.settings.lease_s, list(self.jobs)
+                            )
                     except asyncio.CancelledError:
                         raise
                     except Exception as exc:  # noqa: BLE001 - the next poll tries again
@@ -112,8 +122,9 @@ class BulkRunner:
                     repo = BulkRepository(tx)
                     crashes = await repo.record_crash(bulk_id, self.owner)
                     if crashes is not None and crashes >= MAX_CRASHES:
-                        await repo.fail(bulk_id, f"the bulk resume failed {crashes} times: "
-                                                 f"{type(exc).__name__}: {str(exc)[:300]}")
+                        await repo.fail(
+                            bulk_id, f"the bulk resume failed {crashes} times: {type(exc).__name__}: {str(exc)[:300]}"
+                        )
         finally:
             if self.jobs.get(bulk_id) is asyncio.current_task():
                 del self.jobs[bulk_id]
@@ -133,8 +144,7 @@ class JobDriver:
         self.rate: int = job["max_per_second"]
         self.interval = 1.0 / self.rate
         creator: uuid.UUID = job["created_by"]
-        self.user = User(creator, {"sub": str(creator), "role": "authenticated",
-                                   "aud": runner.settings.jwt_audience})
+        self.user = User(creator, {"sub": str(creator), "role": "authenticated", "aud": runner.settings.jwt_audience})
         self.facts = RequestFacts(job["request_id"], job["ip"], f"meshhook-bulk-resume/{self.id}")
         request = job["request"]
         self.body = {"workflow_version": request.get("workflow_version", "original"), "reason": request.get("reason")}
@@ -220,8 +230,9 @@ class JobDriver:
             raw = orjson.dumps({"from_step": item["from_step"], **self.body})
             started = time.perf_counter()
             try:
-                _status, body = await resume(self.db, self.user, run_id, raw, idempotency_key_of(run_id, self.id),
-                                             self.facts)
+                _status, body = await resume(
+                    self.db, self.user, run_id, raw, idempotency_key_of(run_id, self.id), self.facts
+                )
                 self.results.append((position, "accepted", uuid.UUID(str(body["id"])), None))
                 self.resume_s.append(time.perf_counter() - started)
             except DatabaseUnavailable:
@@ -276,8 +287,9 @@ class JobDriver:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - kept and written with the next flush
-                log.warning("bulk progress not recorded; retrying", extra={"bulk_id": str(self.id),
-                                                                            "error": type(exc).__name__})
+                log.warning(
+                    "bulk progress not recorded; retrying", extra={"bulk_id": str(self.id), "error": type(exc).__name__}
+                )
 
     async def _settle(self) -> None:
         if self.in_flight:
@@ -298,9 +310,16 @@ class JobDriver:
                 status = await repo.finish(self.id, self.owner, "succeeded")
         if status is not None:
             lat = sorted(self.resume_s) or [0.0]
-            log.info("bulk resume finished", extra={
-                "bulk_id": str(self.id), "status": status, "resumed_here": len(self.resume_s),
-                "resume_p50_ms": round(lat[len(lat) // 2] * 1000, 2), "resume_p99_ms": round(lat[int(len(lat) * 0.99)] * 1000, 2)})
+            log.info(
+                "bulk resume finished",
+                extra={
+                    "bulk_id": str(self.id),
+                    "status": status,
+                    "resumed_here": len(self.resume_s),
+                    "resume_p50_ms": round(lat[len(lat) // 2] * 1000, 2),
+                    "resume_p99_ms": round(lat[int(len(lat) * 0.99)] * 1000, 2),
+                },
+            )
 
     async def _close(self, flusher: asyncio.Task) -> None:
         """Whatever ended the drive (done, cancelled, lost, crashed): let in-flight resumes end,

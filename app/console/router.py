@@ -4,6 +4,7 @@ The page holds no data and no token: it signs in with a pasted Supabase access t
 sessionStorage) or a dev link whose URL fragment carries one (fragments never reach a server),
 and calls the API from the browser like any other client.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,8 +18,10 @@ STATIC = Path(__file__).resolve().parent / "static"
 # Same-origin only, no inline script or style: a token pasted into the console cannot be sent elsewhere
 # by injected markup, and the page cannot be framed.
 SECURITY_HEADERS = {
-    "Content-Security-Policy": ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-                                "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"),
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
     "Referrer-Policy": "no-referrer",
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-cache",

@@ -4,6 +4,7 @@ Used when no DATABASE_URL is set. Data lives in a per-user directory
 (``MESHHOOK_DATA_DIR`` or ``~/.local/share/meshhook``); the server listens on a Unix
 socket only and is stopped when the last process using it exits.
 """
+
 from __future__ import annotations
 
 import base64
@@ -18,7 +19,11 @@ def data_dir() -> Path:
     from app.settings import get_settings
 
     configured = get_settings().data_dir
-    base = Path(configured) if configured else Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local/share")) / "meshhook"
+    base = (
+        Path(configured)
+        if configured
+        else Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local/share")) / "meshhook"
+    )
     base.mkdir(parents=True, exist_ok=True)
     return base
 

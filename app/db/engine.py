@@ -9,6 +9,7 @@ hot paths skip SQLAlchemy's statement layer; bench/ measures what that buys.
 * ``service_scope()``: one transaction as the login role, which bypasses RLS (the
   worker, and audit rows of denied requests).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -51,7 +52,9 @@ def _split_query(url: str) -> tuple[str, list[tuple[str, str]]]:
     from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
     parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", parts.fragment)), parse_qsl(parts.query, keep_blank_values=True)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", parts.fragment)), parse_qsl(
+        parts.query, keep_blank_values=True
+    )
 
 
 def _with_query(base: str, query: list[tuple[str, str]]) -> str:
@@ -98,15 +101,14 @@ def driver_connect_args(url: str) -> dict[str, Any]:
     with `prepared statement "__asyncpg_stmt_N__" does not exist` once four clients share two servers."""
     if not split_pooler_flag(url)[1]:
         return {}
-    return {"statement_cache_size": 0, "prepared_statement_cache_size": 0,
-            "prepared_statement_name_func": lambda: ""}
+    return {"statement_cache_size": 0, "prepared_statement_cache_size": 0, "prepared_statement_name_func": lambda: ""}
 
 
 def sqlalchemy_url(url: str) -> str:
     url = split_pooler_flag(url)[0]
     for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
         if url.startswith(prefix):
-            return "postgresql+asyncpg://" + url[len(prefix):]
+            return "postgresql+asyncpg://" + url[len(prefix) :]
     return url
 
 
@@ -114,7 +116,7 @@ def asyncpg_dsn(url: str) -> str:
     url = split_pooler_flag(url)[0]
     for prefix in ("postgresql+asyncpg://", "postgres://"):
         if url.startswith(prefix):
-            return "postgresql://" + url[len(prefix):]
+            return "postgresql://" + url[len(prefix) :]
     return url
 
 
@@ -140,8 +142,10 @@ def _literal(text: str) -> str:
 def _begin_sql(claims_json: str | None) -> str:
     if claims_json is None:
         return "BEGIN"
-    return ("BEGIN; SELECT set_config('role', 'authenticated', true), "
-            f"set_config('request.jwt.claims', {_literal(claims_json)}, true)")
+    return (
+        "BEGIN; SELECT set_config('role', 'authenticated', true), "
+        f"set_config('request.jwt.claims', {_literal(claims_json)}, true)"
+    )
 
 
 class Tx:
@@ -169,9 +173,17 @@ class Tx:
 
 
 class Database:
-    def __init__(self, url: str, *, pool_size: int = 10, application_name: str = "meshhook-api",
-                 connect_timeout_s: float = 2.0, command_timeout_s: float = 15.0, pool_timeout_s: float = 10.0,
-                 max_overflow: int | None = None):
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        application_name: str = "meshhook-api",
+        connect_timeout_s: float = 2.0,
+        command_timeout_s: float = 15.0,
+        pool_timeout_s: float = 10.0,
+        max_overflow: int | None = None,
+    ):
         self.url = url
         self.dsn = asyncpg_dsn(url)
         self.pooler = "transaction" if split_pooler_flag(url)[1] else "session"

@@ -1,6 +1,7 @@
 """Row ids: UUIDv7 (RFC 9562), time-ordered so new rows land on the right edge of their
 primary-key indexes instead of a random leaf page of a large index (issue 17: on a grown
 database random v4 keys cost 13-16 full-page WAL images and ~9 buffer reads per resume)."""
+
 from __future__ import annotations
 
 import os
@@ -18,5 +19,7 @@ def new_id() -> uuid.UUID:
     locality does not need)."""
     ms = time.time_ns() // 1_000_000
     rnd = int.from_bytes(os.urandom(10), "big")  # 80 bits, 74 used
-    value = ((ms & 0xFFFF_FFFF_FFFF) << 80) | (0x7 << 76) | (((rnd >> 62) & 0xFFF) << 64) | (0b10 << 62) | (rnd & _RAND_B)
+    value = (
+        ((ms & 0xFFFF_FFFF_FFFF) << 80) | (0x7 << 76) | (((rnd >> 62) & 0xFFF) << 64) | (0b10 << 62) | (rnd & _RAND_B)
+    )
     return uuid.UUID(int=value)

@@ -10,6 +10,7 @@ owner's polling carries on meanwhile.
 Under a transaction-mode pooler without MESHHOOK_LISTEN_URL there is nothing to listen on:
 `listen_dsn` returns None, `Listener.run` says once per process that it polls, and returns.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -44,17 +45,31 @@ def say_polling(poll_s: float) -> None:
     global _polling_said
     if not _polling_said:
         _polling_said = True
-        log.warning("transaction pooling (MESHHOOK_DB_POOLER=transaction) and no MESHHOOK_LISTEN_URL: "
-                    "no LISTEN/NOTIFY; the worker and event streams poll the database every %.2gs. "
-                    "Set MESHHOOK_LISTEN_URL to a direct or session-mode URL for instant pickup.", poll_s,
-                    extra={"mode": "polling", "poll_interval_s": poll_s})
+        log.warning(
+            "transaction pooling (MESHHOOK_DB_POOLER=transaction) and no MESHHOOK_LISTEN_URL: "
+            "no LISTEN/NOTIFY; the worker and event streams poll the database every %.2gs. "
+            "Set MESHHOOK_LISTEN_URL to a direct or session-mode URL for instant pickup.",
+            poll_s,
+            extra={"mode": "polling", "poll_interval_s": poll_s},
+        )
 
 
 class Listener:
-    def __init__(self, dsn: str | None, handlers: Mapping[str, Handler], *, application_name: str,
-                 on_connect: Callable[[], None] = lambda: None, on_disconnect: Callable[[], None] = lambda: None,
-                 poll_s: float = 1.0, connect_timeout_s: float = 3.0, check_every_s: float = 2.0,
-                 probe_timeout_s: float = 2.0, max_backoff_s: float = 1.0, deaf_backoff_s: float = 30.0):
+    def __init__(
+        self,
+        dsn: str | None,
+        handlers: Mapping[str, Handler],
+        *,
+        application_name: str,
+        on_connect: Callable[[], None] = lambda: None,
+        on_disconnect: Callable[[], None] = lambda: None,
+        poll_s: float = 1.0,
+        connect_timeout_s: float = 3.0,
+        check_every_s: float = 2.0,
+        probe_timeout_s: float = 2.0,
+        max_backoff_s: float = 1.0,
+        deaf_backoff_s: float = 30.0,
+    ):
         self.dsn = dsn
         self.handlers = dict(handlers)
         self.application_name = application_name
@@ -98,8 +113,12 @@ class Listener:
             conn: asyncpg.Connection | None = None
             deaf = False
             try:
-                conn = await asyncpg.connect(self.dsn, timeout=self.connect_timeout_s, statement_cache_size=0,
-                                             server_settings={"application_name": self.application_name})
+                conn = await asyncpg.connect(
+                    self.dsn,
+                    timeout=self.connect_timeout_s,
+                    statement_cache_size=0,
+                    server_settings={"application_name": self.application_name},
+                )
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 for channel, handler in self.handlers.items():
@@ -121,8 +140,9 @@ class Listener:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure: reconnect with backoff, polling covers the gap
-                log.warning("listener cannot connect", extra={"listener": self.application_name,
-                                                              "error": type(exc).__name__})
+                log.warning(
+                    "listener cannot connect", extra={"listener": self.application_name, "error": type(exc).__name__}
+                )
             finally:
                 if self.connected.is_set():
                     self.connected.clear()
@@ -140,6 +160,7 @@ class Listener:
     def _dispatch(handler: Handler):
         def on_notify(_conn, _pid, _channel, payload: str) -> None:
             handler(payload)
+
         return on_notify
 
     def _on_probe(self, _conn, _pid, _channel, payload: str) -> None:
@@ -151,8 +172,9 @@ class Listener:
         self._probe_seq += 1
         self._probe_want = str(self._probe_seq)
         self._probe_seen = asyncio.Event()
-        await asyncio.wait_for(conn.execute(f"select pg_notify('{self._probe_channel}', '{self._probe_want}')"),
-                               self.probe_timeout_s)
+        await asyncio.wait_for(
+            conn.execute(f"select pg_notify('{self._probe_channel}', '{self._probe_want}')"), self.probe_timeout_s
+        )
         try:
             await asyncio.wait_for(self._probe_seen.wait(), self.probe_timeout_s)
             return True
@@ -165,6 +187,10 @@ class Listener:
     def _report_deaf(self) -> None:
         if not self._deaf_said:
             self._deaf_said = True
-            log.error("the listen connection accepts LISTEN but delivers no notification (is MESHHOOK_LISTEN_URL "
-                      "a transaction-mode pooler? use a direct or session-mode URL); polling meanwhile and "
-                      "retrying every %ss", self.deaf_backoff_s, extra={"listener": self.application_name})
+            log.error(
+                "the listen connection accepts LISTEN but delivers no notification (is MESHHOOK_LISTEN_URL "
+                "a transaction-mode pooler? use a direct or session-mode URL); polling meanwhile and "
+                "retrying every %ss",
+                self.deaf_backoff_s,
+                extra={"listener": self.application_name},
+            )

@@ -1,4 +1,5 @@
 """Run Alembic migrations programmatically (used by `meshhook migrate`, `serve` and the tests)."""
+
 from __future__ import annotations
 
 from pathlib import Path

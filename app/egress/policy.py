@@ -9,39 +9,51 @@ the address they carry; the deprecated IPv4-compatible range (::/96), local-use 
 (64:ff9b:1::/48) and Teredo (2001::/32) are denied outright. Everything outside 2000::/3 (the
 only IPv6 range allocated for global unicast) is denied.
 """
+
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Union
 
-IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
-IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-_V4_DENIED = tuple(ipaddress.IPv4Network(n) for n in (
-    "0.0.0.0/8",  # "this network", unspecified
-    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",  # RFC 1918
-    "100.64.0.0/10",  # CGNAT shared space (RFC 6598)
-    "127.0.0.0/8",  # loopback
-    "169.254.0.0/16",  # link-local, incl. cloud metadata 169.254.169.254
-    "192.0.0.0/24",  # IETF protocol assignments
-    "192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24",  # documentation
-    "192.88.99.0/24",  # deprecated 6to4 relay anycast
-    "198.18.0.0/15",  # benchmarking
-    "224.0.0.0/4",  # multicast
-    "240.0.0.0/4",  # reserved, incl. broadcast 255.255.255.255
-))
+_V4_DENIED = tuple(
+    ipaddress.IPv4Network(n)
+    for n in (
+        "0.0.0.0/8",  # "this network", unspecified
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",  # RFC 1918
+        "100.64.0.0/10",  # CGNAT shared space (RFC 6598)
+        "127.0.0.0/8",  # loopback
+        "169.254.0.0/16",  # link-local, incl. cloud metadata 169.254.169.254
+        "192.0.0.0/24",  # IETF protocol assignments
+        "192.0.2.0/24",
+        "198.51.100.0/24",
+        "203.0.113.0/24",  # documentation
+        "192.88.99.0/24",  # deprecated 6to4 relay anycast
+        "198.18.0.0/15",  # benchmarking
+        "224.0.0.0/4",  # multicast
+        "240.0.0.0/4",  # reserved, incl. broadcast 255.255.255.255
+    )
+)
 _V6_GLOBAL_UNICAST = ipaddress.IPv6Network("2000::/3")
-_V6_DENIED = tuple(ipaddress.IPv6Network(n) for n in (
-    "::/96",  # unspecified, loopback and the deprecated IPv4-compatible form
-    "64:ff9b:1::/48",  # local-use NAT64 (RFC 8215)
-    "100::/64",  # discard-only
-    "2001::/23",  # IETF protocol assignments: Teredo 2001::/32, benchmarking, ORCHID
-    "2001:db8::/32", "3fff::/20",  # documentation
-    "fc00::/7",  # unique local
-    "fe80::/10", "fec0::/10",  # link-local, old site-local
-    "ff00::/8",  # multicast
-))
+_V6_DENIED = tuple(
+    ipaddress.IPv6Network(n)
+    for n in (
+        "::/96",  # unspecified, loopback and the deprecated IPv4-compatible form
+        "64:ff9b:1::/48",  # local-use NAT64 (RFC 8215)
+        "100::/64",  # discard-only
+        "2001::/23",  # IETF protocol assignments: Teredo 2001::/32, benchmarking, ORCHID
+        "2001:db8::/32",
+        "3fff::/20",  # documentation
+        "fc00::/7",  # unique local
+        "fe80::/10",
+        "fec0::/10",  # link-local, old site-local
+        "ff00::/8",  # multicast
+    )
+)
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _SIX_TO_FOUR = ipaddress.IPv6Network("2002::/16")
 
@@ -116,7 +128,7 @@ def parse_entry(entry: str) -> AllowEntry:
         end = text.find("]")
         if end < 0:
             raise ValueError(f"unclosed [ in egress allow entry {entry!r}")
-        rest = text[end + 1:]
+        rest = text[end + 1 :]
         if rest:
             if not rest.startswith(":"):
                 raise ValueError(f"unexpected text after ] in egress allow entry {entry!r}")
@@ -137,8 +149,9 @@ def parse_entry(entry: str) -> AllowEntry:
     label_ok = all(part and all(c.isalnum() or c in "-_" for c in part) for part in name.split("."))
     if name.startswith("*."):
         suffix = name[1:]
-        if "*" in suffix or not all(part and all(c.isalnum() or c in "-_" for c in part)
-                                    for part in suffix[1:].split(".")):
+        if "*" in suffix or not all(
+            part and all(c.isalnum() or c in "-_" for c in part) for part in suffix[1:].split(".")
+        ):
             raise ValueError(f"bad host pattern in egress allow entry {entry!r}")
         return AllowEntry(suffix=suffix, port=port)
     if not label_ok:
@@ -151,7 +164,7 @@ class EgressPolicy:
     allow: tuple[AllowEntry, ...] = ()
 
     @classmethod
-    def from_setting(cls, spec: str | None) -> "EgressPolicy":
+    def from_setting(cls, spec: str | None) -> EgressPolicy:
         """Parse `MESHHOOK_EGRESS_ALLOW` (comma list); ValueError names the first bad entry."""
         entries = [e for e in (spec or "").split(",") if e.strip()]
         return cls(tuple(parse_entry(e) for e in entries))

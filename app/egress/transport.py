@@ -9,6 +9,7 @@ between a check and the connect (rebinding) cannot matter: there is no second lo
 No proxies from the environment (`trust_env=False`: HTTP(S)_PROXY would bypass the check) and
 no redirects (a public server could redirect to 169.254.169.254).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -31,8 +32,10 @@ def denial_message(host: str, port: int) -> str:
     # Never name the resolved address nor anything learnt by connecting: the same words whether
     # or not something listens there, and no window into internal DNS.
     shown = f"[{host}]" if ":" in host else host
-    return (f"egress to {shown}:{port} is not allowed: it does not resolve to a public address "
-            f"(an operator can open it with MESHHOOK_EGRESS_ALLOW)")
+    return (
+        f"egress to {shown}:{port} is not allowed: it does not resolve to a public address "
+        f"(an operator can open it with MESHHOOK_EGRESS_ALLOW)"
+    )
 
 
 class EgressNetworkBackend(httpcore.AsyncNetworkBackend):
@@ -66,10 +69,14 @@ class EgressNetworkBackend(httpcore.AsyncNetworkBackend):
             raise EgressDenied(denial_message(host, port))
         return allowed
 
-    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
-                          local_address: str | None = None,
-                          socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
-                          ) -> httpcore.AsyncNetworkStream:
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
         try:
             with anyio.fail_after(timeout):  # raises on leaving the block, hence the outer try
                 addresses = await self.resolve(host, port)
@@ -78,16 +85,20 @@ class EgressNetworkBackend(httpcore.AsyncNetworkBackend):
         last: Exception | None = None
         for address in addresses:
             try:
-                return await self._inner.connect_tcp(str(address), port, timeout=timeout,
-                                                     local_address=local_address, socket_options=socket_options)
+                return await self._inner.connect_tcp(
+                    str(address), port, timeout=timeout, local_address=local_address, socket_options=socket_options
+                )
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 last = exc
         assert last is not None
         raise last
 
-    async def connect_unix_socket(self, path: str, timeout: float | None = None,
-                                  socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
-                                  ) -> httpcore.AsyncNetworkStream:
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
         raise EgressDenied("unix sockets are not allowed")
 
     async def sleep(self, seconds: float) -> None:
@@ -97,22 +108,40 @@ class EgressNetworkBackend(httpcore.AsyncNetworkBackend):
 class EgressTransport(httpx.AsyncHTTPTransport):
     """httpx's own transport, with its connection pool built on the egress backend."""
 
-    def __init__(self, policy: EgressPolicy, *, limits: httpx.Limits = httpx.Limits(), http2: bool = False,
-                 verify: typing.Any = True):
+    def __init__(
+        self,
+        policy: EgressPolicy,
+        *,
+        limits: httpx.Limits = httpx.Limits(),
+        http2: bool = False,
+        verify: typing.Any = True,
+    ):
         # Not super().__init__(): that would build a pool on the default backend first. The base
         # class only ever uses `self._pool` (httpx 0.28).
         self._pool = httpcore.AsyncConnectionPool(
             ssl_context=httpx.create_ssl_context(verify=verify, trust_env=False),
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry, http1=True, http2=http2,
-            network_backend=EgressNetworkBackend(policy))
+            keepalive_expiry=limits.keepalive_expiry,
+            http1=True,
+            http2=http2,
+            network_backend=EgressNetworkBackend(policy),
+        )
 
 
-def egress_client(policy: EgressPolicy, *, limits: httpx.Limits = httpx.Limits(), verify: typing.Any = True,
-                  **httpx_kwargs: typing.Any) -> httpx.AsyncClient:
+def egress_client(
+    policy: EgressPolicy,
+    *,
+    limits: httpx.Limits = httpx.Limits(),
+    verify: typing.Any = True,
+    **httpx_kwargs: typing.Any,
+) -> httpx.AsyncClient:
     """An AsyncClient for tenant calls: policy-checked connects, no env proxies, no redirects."""
     httpx_kwargs.pop("follow_redirects", None)
     httpx_kwargs.pop("trust_env", None)
-    return httpx.AsyncClient(transport=EgressTransport(policy, limits=limits, verify=verify),
-                             trust_env=False, follow_redirects=False, **httpx_kwargs)
+    return httpx.AsyncClient(
+        transport=EgressTransport(policy, limits=limits, verify=verify),
+        trust_env=False,
+        follow_redirects=False,
+        **httpx_kwargs,
+    )

@@ -11,6 +11,7 @@ queue, and `flush()` writes it one transaction at a time per run, so events comm
 order; the SQL guard of the step write lets a step only move forward. An operator's cancel aborts
 in-flight requests (`control()`); a pause lets them finish and starts nothing new.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -37,8 +38,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("meshhook.engine")
 DONE = frozenset({"succeeded", "skipped"})
 SETTLED = frozenset({"succeeded", "skipped", "failed", "paused", "cancelled"})
-PURE = {"webhook": webhook.execute, "transform": transform.execute, "branch": branch.execute,
-        "terminate": terminate.execute}
+PURE = {
+    "webhook": webhook.execute,
+    "transform": transform.execute,
+    "branch": branch.execute,
+    "terminate": terminate.execute,
+}
 SHORT_DELAY_S = 2.0  # delays shorter than this are waited out in the worker instead of a release
 # Retry waits up to this long are waited out in the worker (no step slot is held meanwhile; the run
 # keeps its place, as for a short delay); longer ones are durable: the run sleeps in the database.
@@ -61,8 +66,20 @@ def _merge_rows(rows: list[tuple]) -> list[tuple]:
             merged[r[0]] = r
             continue
         atts = (old[10] or []) + (r[10] or [])
-        merged[r[0]] = (r[0], r[1], r[2], r[3] if r[3] is not None else old[3], r[4], r[5], r[6],
-                        r[7] or old[7], r[8], r[9], atts or None, r[11] or old[11])
+        merged[r[0]] = (
+            r[0],
+            r[1],
+            r[2],
+            r[3] if r[3] is not None else old[3],
+            r[4],
+            r[5],
+            r[6],
+            r[7] or old[7],
+            r[8],
+            r[9],
+            atts or None,
+            r[11] or old[11],
+        )
     return list(merged.values())
 
 
@@ -103,21 +120,42 @@ class RunDriver:
         return self._secrets
 
     def context(self, secrets: dict[str, str] | None) -> dict:
-        return {"input": self.run["input"], "steps": self.outputs, "run": {"id": str(self.run_id)},
-                "secrets": secrets or {}}
+        return {
+            "input": self.run["input"],
+            "steps": self.outputs,
+            "run": {"id": str(self.run_id)},
+            "secrets": secrets or {},
+        }
 
     def _cap(self, output: Any) -> tuple[Any, bool]:
         raw = orjson.dumps(output, default=str)
         limit = self.w.settings.max_output_bytes
         if len(raw) <= limit:
             return output, False
-        return {"_truncated": True, "size_bytes": len(raw),
-                "preview": raw[: limit // 2].decode("utf-8", errors="ignore")}, True
+        return {
+            "_truncated": True,
+            "size_bytes": len(raw),
+            "preview": raw[: limit // 2].decode("utf-8", errors="ignore"),
+        }, True
 
     # ---- persistence -----------------------------------------------------------------
-    def stage(self, key: str | None, status: str | None, *, input_=None, output=None, error=None, started=None,
-              finished=None, wake_at=None, attempt_entry=None, event: str | None = None, payload=None,
-              truncated: bool | None = None, attempt_started=None) -> None:
+    def stage(
+        self,
+        key: str | None,
+        status: str | None,
+        *,
+        input_=None,
+        output=None,
+        error=None,
+        started=None,
+        finished=None,
+        wake_at=None,
+        attempt_entry=None,
+        event: str | None = None,
+        payload=None,
+        truncated: bool | None = None,
+        attempt_started=None,
+    ) -> None:
         """The one choke point every step row and event passes before it is written (status None:
         an event only). Staged in causal order; `flush()` writes them in that order.
 
@@ -133,9 +171,22 @@ class RunDriver:
                 if output is not None:
                     output, truncated = self._cap(r.redact(output))
             output = r.redact(output)
-            self._pending_rows.append((key, status, self.attempt.get(key, 0), input_, output, truncated, error,
-                                       started, finished, wake_at, [attempt_entry] if attempt_entry else None,
-                                       attempt_started))
+            self._pending_rows.append(
+                (
+                    key,
+                    status,
+                    self.attempt.get(key, 0),
+                    input_,
+                    output,
+                    truncated,
+                    error,
+                    started,
+                    finished,
+                    wake_at,
+                    [attempt_entry] if attempt_entry else None,
+                    attempt_started,
+                )
+            )
         if event:
             self._pending_events.append((event, key, payload or {}))
 
@@ -147,8 +198,7 @@ class RunDriver:
                 return
             try:
                 control = await self._write(rows, events, run_update, sleep_until)
-            except (asyncpg.DataError, ValueError, TypeError,
-                    OverflowError) as exc:
+            except (asyncpg.DataError, ValueError, TypeError, OverflowError) as exc:
                 # A value the database (or its JSON encoder) refuses: fail the steps that carry one
                 # with `unstorable_output` and write the rest. Never a driver crash, never a re-send.
                 log.warning("unstorable step data", extra={"run_id": str(self.run_id), "error": type(exc).__name__})
@@ -157,8 +207,9 @@ class RunDriver:
         if control and self.stop_reason is None:
             self.stop_reason = control
 
-    async def _write(self, rows: list[tuple], events: list[tuple], run_update: tuple | None,
-                     sleep_until: datetime | None) -> str | None:
+    async def _write(
+        self, rows: list[tuple], events: list[tuple], run_update: tuple | None, sleep_until: datetime | None
+    ) -> str | None:
         async with self.w.db.service_scope() as tx:
             repo = EngineRepository(tx)
             control = await repo.touch(self.run_id, self.w.id)  # fence + per-run ordering of events
@@ -200,8 +251,13 @@ class RunDriver:
                 out_rows.append((key, status, r[2], None, None, False, None, r[7], None, r[9], None, r[11]))
                 continue
             self._fail_unstorable(key)
-            entry = {"attempt": r[2], "status": "failed", "started_at": (r[11] or r[7] or now).isoformat(),
-                     "finished_at": now.isoformat(), "error": error}
+            entry = {
+                "attempt": r[2],
+                "status": "failed",
+                "started_at": (r[11] or r[7] or now).isoformat(),
+                "finished_at": now.isoformat(),
+                "error": error,
+            }
             out_rows.append((key, "failed", r[2], None, None, False, error, r[7], now, None, [entry], r[11]))
         out_events = []
         for e in events:
@@ -301,9 +357,15 @@ class RunDriver:
                     self.status[key] = "running"
                     self.attempt[key] = self.attempt.get(key, 0) + 1
                     self.sleeping[key] = until
-                    self.stage(key, "running", input_={"seconds": seconds, "until": until.isoformat()},
-                               started=now, wake_at=until, event="step_started",
-                               payload={"attempt": self.attempt[key], "until": until.isoformat()})
+                    self.stage(
+                        key,
+                        "running",
+                        input_={"seconds": seconds, "until": until.isoformat()},
+                        started=now,
+                        wake_at=until,
+                        event="step_started",
+                        payload={"attempt": self.attempt[key], "until": until.isoformat()},
+                    )
                     continue
                 self._pure_step(key, now)
                 progressed = True
@@ -319,8 +381,13 @@ class RunDriver:
             else:
                 outcome = PURE[step.type](step.config, ctx)
         except Exception as exc:  # noqa: BLE001 - a step that blows up fails itself, never the worker (no crash loop)
-            outcome = StepOutcome("failed", error={"type": "step_error", "message": self.redactor.truncate(
-                (str(exc).splitlines() or [type(exc).__name__])[0], 500)})
+            outcome = StepOutcome(
+                "failed",
+                error={
+                    "type": "step_error",
+                    "message": self.redactor.truncate((str(exc).splitlines() or [type(exc).__name__])[0], 500),
+                },
+            )
         self.attempt[key] = self.attempt.get(key, 0) + 1
         # One row write per pure step: its `running` state never outlives this transaction anyway.
         self.stage(key, None, event="step_started", payload={"attempt": self.attempt[key]})
@@ -328,16 +395,26 @@ class RunDriver:
         if step.type == "terminate" and outcome.output is not None:
             self.terminated = (step.config["status"], outcome.output.get("message") if outcome.output else None)
 
-    def _settle(self, key: str, outcome: StepOutcome, started: datetime, t0: float, *,
-                input_=None, row_started: datetime | None = None) -> None:
+    def _settle(
+        self,
+        key: str,
+        outcome: StepOutcome,
+        started: datetime,
+        t0: float,
+        *,
+        input_=None,
+        row_started: datetime | None = None,
+    ) -> None:
         step = self.dag.steps[key]
         finished = _now()
         try:
-            output, truncated = self._cap(self.redactor.redact(outcome.output)) \
-                if outcome.output is not None else (None, False)
+            output, truncated = (
+                self._cap(self.redactor.redact(outcome.output)) if outcome.output is not None else (None, False)
+            )
         except (TypeError, ValueError, OverflowError):  # e.g. an integer JSON cannot hold
-            outcome = StepOutcome("failed", error={"type": "unstorable_output",
-                                                   "message": "the step's result cannot be stored"})
+            outcome = StepOutcome(
+                "failed", error={"type": "unstorable_output", "message": "the step's result cannot be stored"}
+            )
             output, truncated = None, False
         error = self.redactor.redact(outcome.error)
         self.status[key] = outcome.status
@@ -347,14 +424,28 @@ class RunDriver:
             # Downstream steps see what is stored (secrets redacted, oversized outputs truncated),
             # exactly as a resumed run that reuses this step will.
             self.outputs[key] = output
-        entry = {"attempt": self.attempt.get(key, 0), "status": outcome.status,
-                 "started_at": started.isoformat(), "finished_at": finished.isoformat()}
+        entry = {
+            "attempt": self.attempt.get(key, 0),
+            "status": outcome.status,
+            "started_at": started.isoformat(),
+            "finished_at": finished.isoformat(),
+        }
         if error:
             entry["error"] = error
         self.attempt_started.pop(key, None)
-        self.stage(key, outcome.status, input_=input_, output=output, error=error, started=row_started,
-                   finished=finished, attempt_entry=entry, event=f"step_{outcome.status}", truncated=truncated,
-                   payload={"attempt": self.attempt.get(key, 0), **({"error": error} if error else {})})
+        self.stage(
+            key,
+            outcome.status,
+            input_=input_,
+            output=output,
+            error=error,
+            started=row_started,
+            finished=finished,
+            attempt_entry=entry,
+            event=f"step_{outcome.status}",
+            truncated=truncated,
+            payload={"attempt": self.attempt.get(key, 0), **({"error": error} if error else {})},
+        )
         STEPS_FINISHED.labels(step.type, outcome.status).inc()
         STEP_SECONDS.labels(step.type).observe(time.perf_counter() - t0)
 
@@ -384,10 +475,19 @@ class RunDriver:
             except Exception as exc:  # noqa: BLE001 - a template that fails at run time fails the step
                 self.attempt[key] = self.attempt.get(key, 0) + 1
                 # JMESPath type errors quote the offending value, which may be a secret: redact.
-                self._settle(key, StepOutcome("failed", error={
-                    # a limit hit by the template (expression_limit, unstorable_output) says so
-                    "type": "secret_missing" if missing else getattr(exc, "error_type", "template_error"),
-                    "message": self.redactor.truncate(str(exc), 500)}), _now(), time.perf_counter())
+                self._settle(
+                    key,
+                    StepOutcome(
+                        "failed",
+                        error={
+                            # a limit hit by the template (expression_limit, unstorable_output) says so
+                            "type": "secret_missing" if missing else getattr(exc, "error_type", "template_error"),
+                            "message": self.redactor.truncate(str(exc), 500),
+                        },
+                    ),
+                    _now(),
+                    time.perf_counter(),
+                )
                 await self.flush()
                 return
             # The attempt number is stored (committed) before the request goes out.
@@ -396,17 +496,31 @@ class RunDriver:
             self.attempt_started[key] = started
             t0 = time.perf_counter()
             first = self.attempt[key] == 1
-            self.stage(key, "running", input_=shown if first else None, started=started if first else None,
-                       attempt_started=started, event="step_started", payload={"attempt": self.attempt[key]})
+            self.stage(
+                key,
+                "running",
+                input_=shown if first else None,
+                started=started if first else None,
+                attempt_started=started,
+                event="step_started",
+                payload={"attempt": self.attempt[key]},
+            )
             await self.flush()
             if self.stop_reason == "cancel":  # the flush brought a cancel: this attempt is not sent
-                self._settle(key, StepOutcome("cancelled", error={
-                    "type": "cancelled", "message": "cancelled before the request was sent"}), started, t0)
+                self._settle(
+                    key,
+                    StepOutcome(
+                        "cancelled", error={"type": "cancelled", "message": "cancelled before the request was sent"}
+                    ),
+                    started,
+                    t0,
+                )
                 await self.flush()
                 return
 
-            request = asyncio.create_task(http_call.attempt(self.w.http, config, f"{self.run_id}:{key}",
-                                                            redactor=self.redactor))
+            request = asyncio.create_task(
+                http_call.attempt(self.w.http, config, f"{self.run_id}:{key}", redactor=self.redactor)
+            )
             self.requests[key] = request
             try:
                 await asyncio.wait({request})
@@ -416,8 +530,9 @@ class RunDriver:
             finally:
                 self.requests.pop(key, None)
             if request.cancelled():  # aborted by an operator's cancel
-                outcome = StepOutcome("cancelled", error={"type": "cancelled",
-                                                          "message": "the request was aborted by a cancel"})
+                outcome = StepOutcome(
+                    "cancelled", error={"type": "cancelled", "message": "the request was aborted by a cancel"}
+                )
                 retryable, retry_after = False, None
             else:
                 try:
@@ -426,8 +541,13 @@ class RunDriver:
                 except (LeaseLost, asyncio.CancelledError):
                     raise
                 except Exception as exc:  # noqa: BLE001 - e.g. an invalid rendered URL: fail the step, not the worker
-                    outcome = StepOutcome("failed", error={"type": "request_error", "message": self.redactor.truncate(
-                        (str(exc).splitlines() or [type(exc).__name__])[0], 500)})
+                    outcome = StepOutcome(
+                        "failed",
+                        error={
+                            "type": "request_error",
+                            "message": self.redactor.truncate((str(exc).splitlines() or [type(exc).__name__])[0], 500),
+                        },
+                    )
                     retryable, retry_after = False, None
             if retryable:
                 self.failures[key] = self.failures.get(key, 0) + 1
@@ -440,20 +560,37 @@ class RunDriver:
             self._settle(key, outcome, started, t0)
             await self.flush()
 
-    def _schedule_retry(self, key: str, outcome: StepOutcome, started: datetime, config: dict,
-                        retry_after: str | None) -> None:
+    def _schedule_retry(
+        self, key: str, outcome: StepOutcome, started: datetime, config: dict, retry_after: str | None
+    ) -> None:
         wait = http_call.backoff_s(config, self.failures[key], retry_after)
         finished = _now()
         until = finished + timedelta(seconds=wait)
         error = self.redactor.redact(outcome.error)
-        entry = {"attempt": self.attempt[key], "status": "retrying", "started_at": started.isoformat(),
-                 "finished_at": finished.isoformat(), "error": error, "retry_in_s": round(wait, 3)}
+        entry = {
+            "attempt": self.attempt[key],
+            "status": "retrying",
+            "started_at": started.isoformat(),
+            "finished_at": finished.isoformat(),
+            "error": error,
+            "retry_in_s": round(wait, 3),
+        }
         self.sleeping[key] = until
         self.retry_waits.add(key)
         self.attempt_started.pop(key, None)
-        self.stage(key, "running", wake_at=until, attempt_entry=entry, event="step_retrying",
-                   payload={"attempt": self.attempt[key], "error": error, "retry_in_s": round(wait, 3),
-                            "next_attempt_at": until.isoformat()})
+        self.stage(
+            key,
+            "running",
+            wake_at=until,
+            attempt_entry=entry,
+            event="step_retrying",
+            payload={
+                "attempt": self.attempt[key],
+                "error": error,
+                "retry_in_s": round(wait, 3),
+                "next_attempt_at": until.isoformat(),
+            },
+        )
 
     # ---- the loop ---------------------------------------------------------------------
     async def load(self) -> None:
@@ -468,8 +605,12 @@ class RunDriver:
                 continue
             self.status[key] = r["status"]
             self.attempt[key] = r["attempt"]
-            if r["step_type"] == "terminate" and r["status"] in ("succeeded", "failed") \
-                    and isinstance(r["output"], dict) and r["output"].get("status") in ("succeeded", "failed"):
+            if (
+                r["step_type"] == "terminate"
+                and r["status"] in ("succeeded", "failed")
+                and isinstance(r["output"], dict)
+                and r["output"].get("status") in ("succeeded", "failed")
+            ):
                 # A terminate step settled before a takeover still ends the run: nothing after it runs.
                 self.terminated = (r["output"]["status"], r["output"].get("message"))
             if r["status"] == "succeeded":
@@ -485,7 +626,8 @@ class RunDriver:
                     if r["step_type"] == "http_call":
                         self.retry_waits.add(key)
                 elif r["step_type"] == "http_call" and any(
-                        isinstance(a, dict) and a.get("attempt") == r["attempt"] for a in attempts):
+                    isinstance(a, dict) and a.get("attempt") == r["attempt"] for a in attempts
+                ):
                     # Its current attempt is already closed (e.g. recorded lost by an owner that died
                     # before sending the next one): the next attempt is due now.
                     self.sleeping[key] = now
@@ -494,11 +636,20 @@ class RunDriver:
                     # Its worker died with this attempt in flight (the request may or may not have gone
                     # out): record the attempt as lost, never reuse its number; the next one follows.
                     lost_started = r["attempt_started_at"] or r["started_at"] or now
-                    entry = {"attempt": r["attempt"], "status": "worker_lost", "started_at": lost_started.isoformat(),
-                             "finished_at": now.isoformat(),
-                             "error": {"type": "worker_lost", "message": "the worker running this attempt was lost"}}
-                    self.stage(key, "running", attempt_entry=entry, event="step_retrying",
-                               payload={"reason": "worker lost", "attempt": r["attempt"]})
+                    entry = {
+                        "attempt": r["attempt"],
+                        "status": "worker_lost",
+                        "started_at": lost_started.isoformat(),
+                        "finished_at": now.isoformat(),
+                        "error": {"type": "worker_lost", "message": "the worker running this attempt was lost"},
+                    }
+                    self.stage(
+                        key,
+                        "running",
+                        attempt_entry=entry,
+                        event="step_retrying",
+                        payload={"reason": "worker lost", "attempt": r["attempt"]},
+                    )
                     self.sleeping[key] = now
                     self.retry_waits.add(key)
                 else:  # a step type that is never left running (pure steps settle in one write)
@@ -536,8 +687,9 @@ class RunDriver:
                     self._poke.clear()
                     poke = asyncio.create_task(self._poke.wait())
                     try:
-                        done, _ = await asyncio.wait([*self.inflight, poke], timeout=timeout,
-                                                     return_when=asyncio.FIRST_COMPLETED)
+                        done, _ = await asyncio.wait(
+                            [*self.inflight, poke], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                        )
                     finally:
                         poke.cancel()
                     done.discard(poke)
@@ -620,8 +772,11 @@ class RunDriver:
                     self.status[key] = "skipped"
                     self.stage(key, "skipped", finished=now, event="step_skipped", payload={"reason": "terminated"})
             status = self.terminated[0]
-            error = {"type": "terminated", "message": self.terminated[1] or "terminated by workflow"} \
-                if status == "failed" else None
+            error = (
+                {"type": "terminated", "message": self.terminated[1] or "terminated by workflow"}
+                if status == "failed"
+                else None
+            )
         else:
             failed = [k for k in self.dag.order if self.status.get(k) == "failed"]
             if failed:
@@ -630,8 +785,12 @@ class RunDriver:
                     self.stage(key, "cancelled", finished=now, event="step_cancelled", payload={"reason": "run failed"})
                 first = failed[0]
                 status = "failed"
-                error = {"step": first, "type": "step_failed", "message": f"step {first!r} failed",
-                         "failed_steps": failed}
+                error = {
+                    "step": first,
+                    "type": "step_failed",
+                    "message": f"step {first!r} failed",
+                    "failed_steps": failed,
+                }
             elif any(s == "paused" for s in self.status.values()):
                 status, error = "paused", None
             elif all(s in DONE for s in self.status.values()):

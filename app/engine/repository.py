@@ -1,4 +1,5 @@
 """SQL of the engine (service scope: the worker's login role bypasses RLS)."""
+
 from __future__ import annotations
 
 import uuid
@@ -106,21 +107,32 @@ class EngineRepository:
     def __init__(self, tx: Tx):
         self.tx = tx
 
-    async def claim(self, owner: str, limit: int, lease_s: float, driving: list[uuid.UUID], *,
-                    project_max: int, worker_project_max: int):
+    async def claim(
+        self,
+        owner: str,
+        limit: int,
+        lease_s: float,
+        driving: list[uuid.UUID],
+        *,
+        project_max: int,
+        worker_project_max: int,
+    ):
         await self.tx.execute("select pg_advisory_xact_lock($1)", CLAIM_LOCK)
         return await self.tx.fetch(_CLAIM, owner, limit, lease_s, driving, project_max, worker_project_max)
 
     async def steps(self, run_id: uuid.UUID):
         return await self.tx.fetch(
             "select step_key, step_type, status, attempt, output, wake_at, attempts, started_at, attempt_started_at"
-            " from step_runs where run_id = $1", run_id)
+            " from step_runs where run_id = $1",
+            run_id,
+        )
 
     async def controls(self, run_ids: list[uuid.UUID]):
         """Operator requests (cancel/pause) pending on runs this worker drives: the polling fallback
         of the notification."""
         return await self.tx.fetch(
-            "select id, control from runs where id = any($1::uuid[]) and control is not null", run_ids)
+            "select id, control from runs where id = any($1::uuid[]) and control is not null", run_ids
+        )
 
     async def control(self, run_id: uuid.UUID) -> str | None:
         return await self.tx.fetchval("select control from runs where id = $1", run_id)
@@ -135,7 +147,7 @@ class EngineRepository:
         """Write step rows (one per key; see `_STEP_UPDATE`); returns the keys actually written."""
         if not rows:
             return set()
-        cols = [list(c) for c in zip(*rows)]
+        cols = [list(c) for c in zip(*rows, strict=True)]
         for i in (3, 4, 6, 10):  # JSON values travel as text (a list would read as an SQL array)
             cols[i] = [None if v is None else orjson.dumps(v).decode() for v in cols[i]]
         written = await self.tx.fetch(_STEP_UPDATE, run_id, *cols)
@@ -151,17 +163,28 @@ class EngineRepository:
             "update runs set status = $2, error = $3, control = null, lease_owner = null, lease_expires_at = null,"
             " wake_at = null, updated_at = clock_timestamp(),"
             " finished_at = case when $4 then clock_timestamp() else null end where id = $1",
-            run_id, status, error, final)
+            run_id,
+            status,
+            error,
+            final,
+        )
 
     async def sleep_run(self, run_id: uuid.UUID, wake_at: datetime) -> None:
         await self.tx.execute(
             "update runs set lease_owner = null, lease_expires_at = null, wake_at = $2,"
-            " updated_at = clock_timestamp() where id = $1", run_id, wake_at)
+            " updated_at = clock_timestamp() where id = $1",
+            run_id,
+            wake_at,
+        )
 
     async def heartbeat(self, owner: str, run_ids: list[uuid.UUID], lease_s: float) -> None:
         await self.tx.execute(
             "update runs set lease_expires_at = clock_timestamp() + make_interval(secs => $3)"
-            " where lease_owner = $1 and id = any($2::uuid[]) and status = 'running'", owner, run_ids, lease_s)
+            " where lease_owner = $1 and id = any($2::uuid[]) and status = 'running'",
+            owner,
+            run_ids,
+            lease_s,
+        )
 
     async def record_crash(self, run_id: uuid.UUID, owner: str, message: str, max_crashes: int) -> int:
         """Note a driver crash on the run's timeline; after `max_crashes` the run is failed instead of
@@ -174,7 +197,11 @@ class EngineRepository:
             "       from r returning run_id),"
             " n as (select count(*) + 1 as crashes from run_events, r where run_events.run_id = r.id"
             "       and run_events.type = 'engine_error')"
-            " select crashes from n, r", run_id, owner, message)
+            " select crashes from n, r",
+            run_id,
+            owner,
+            message,
+        )
 
     async def release(self, owner: str, run_ids: list[uuid.UUID], *, notify: bool = False) -> None:
         """Hand runs back. `notify` (shutdown) lets another worker take them now rather than at its
@@ -182,4 +209,8 @@ class EngineRepository:
         await self.tx.execute(
             "with u as (update runs set lease_owner = null, lease_expires_at = null, updated_at = clock_timestamp()"
             " where lease_owner = $1 and id = any($2::uuid[]) and status = 'running' returning id)"
-            " select pg_notify('meshhook_runs', id::text) from u where $3", owner, run_ids, notify)
+            " select pg_notify('meshhook_runs', id::text) from u where $3",
+            owner,
+            run_ids,
+            notify,
+        )

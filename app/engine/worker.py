@@ -9,6 +9,7 @@ operator's cancel or pause) at once; the poll loop reads it for every driven run
 The listener has its own connection outside the pool and reconnects with backoff; every
 (re)connect wakes the claimer, which reconciles from the table (the table is the truth).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -44,20 +45,26 @@ MAX_DRIVER_CRASHES = 3
 
 
 class Worker:
-    def __init__(self, settings: Settings, database_url: str, cipher: Cipher, *, name: str = "worker",
-                 notify: bool | None = None):
+    def __init__(
+        self, settings: Settings, database_url: str, cipher: Cipher, *, name: str = "worker", notify: bool | None = None
+    ):
         self.settings = settings
         self.cipher = cipher
         self.id = f"{socket.gethostname()}:{os.getpid()}:{name}:{uuid.uuid4().hex[:6]}"
         # Steps hold a connection only to write. Half the slots (at most 16, + as many overflow) are
         # kept open: a smaller kept pool churns (overflow connections closed and reopened, each
         # re-preparing its statements) when demand hovers around it, e.g. one project at its cap.
-        self.db = Database(database_url, pool_size=max(2, min(settings.worker_concurrency // 2, 16)),
-                           application_name="meshhook-worker", connect_timeout_s=settings.db_connect_timeout_s,
-                           command_timeout_s=settings.db_command_timeout_s)
+        self.db = Database(
+            database_url,
+            pool_size=max(2, min(settings.worker_concurrency // 2, 16)),
+            application_name="meshhook-worker",
+            connect_timeout_s=settings.db_connect_timeout_s,
+            command_timeout_s=settings.db_command_timeout_s,
+        )
         self.notify = settings.notify_enabled if notify is None else notify
-        self.http = egress_client(settings.egress_policy,
-                                  limits=httpx.Limits(max_connections=settings.worker_concurrency * 2))
+        self.http = egress_client(
+            settings.egress_policy, limits=httpx.Limits(max_connections=settings.worker_concurrency * 2)
+        )
         self.step_slots = asyncio.Semaphore(settings.worker_concurrency)
         self._project_slots: dict[uuid.UUID, list] = {}  # project -> [semaphore, users]
         self.dags = DagCache()
@@ -71,16 +78,22 @@ class Worker:
 
     # ---- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._claim_loop(), name="claim"),
-                       asyncio.create_task(self._poll_loop(), name="poll"),
-                       asyncio.create_task(self._heartbeat_loop(), name="heartbeat")]
+        self._tasks = [
+            asyncio.create_task(self._claim_loop(), name="claim"),
+            asyncio.create_task(self._poll_loop(), name="poll"),
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+        ]
         self._tasks.append(asyncio.create_task(Pruner(self.db, self.settings).run(), name="retention"))
         if self.notify:
             self._tasks.append(asyncio.create_task(self._listen_loop(), name="listen"))
-        self._tasks.append(asyncio.create_task(BulkRunner(self.settings, self.db.url, self.id, notify=self.notify).run(), name="bulk"))
+        self._tasks.append(
+            asyncio.create_task(BulkRunner(self.settings, self.db.url, self.id, notify=self.notify).run(), name="bulk")
+        )
         self._wake.set()
-        log.info("worker started", extra={"worker": self.id, "notify": self.notify,
-                                          "concurrency": self.settings.worker_concurrency})
+        log.info(
+            "worker started",
+            extra={"worker": self.id, "notify": self.notify, "concurrency": self.settings.worker_concurrency},
+        )
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop claiming; give in-flight runs `grace_s` to finish; release the leases of the rest."""
@@ -174,9 +187,15 @@ class Worker:
             self.listening.set()
             self._wake.set()  # reconcile from the table after every (re)connect
 
-        await Listener(listen_dsn(self.settings.listen_url, self.db.url), {CHANNEL: self.on_notification},
-                       application_name="meshhook-listener", on_connect=connected, on_disconnect=self.listening.clear,
-                       poll_s=self.settings.poll_interval_s, connect_timeout_s=self.settings.db_connect_timeout_s).run()
+        await Listener(
+            listen_dsn(self.settings.listen_url, self.db.url),
+            {CHANNEL: self.on_notification},
+            application_name="meshhook-listener",
+            on_connect=connected,
+            on_disconnect=self.listening.clear,
+            poll_s=self.settings.poll_interval_s,
+            connect_timeout_s=self.settings.db_connect_timeout_s,
+        ).run()
 
     async def _poll_loop(self) -> None:
         while not self._stopping:
@@ -216,15 +235,25 @@ class Worker:
             try:
                 async with self.db.service_scope() as tx:
                     rows = await EngineRepository(tx).claim(
-                        self.id, free, self.settings.lease_s, list(self.active),
-                        project_max=self.settings.project_max_running, worker_project_max=self.worker_project_max)
+                        self.id,
+                        free,
+                        self.settings.lease_s,
+                        list(self.active),
+                        project_max=self.settings.project_max_running,
+                        worker_project_max=self.worker_project_max,
+                    )
                 backoff = 0.05
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a claim loop that died would leave a live but idle worker
-                expected = isinstance(exc, (DatabaseUnavailable, OSError, asyncpg.PostgresError, asyncpg.InterfaceError))
-                log.warning("claim failed; retrying", exc_info=not expected,
-                            extra={"worker": self.id, "error": type(exc).__name__})
+                expected = isinstance(
+                    exc, (DatabaseUnavailable, OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+                )
+                log.warning(
+                    "claim failed; retrying",
+                    exc_info=not expected,
+                    extra={"worker": self.id, "error": type(exc).__name__},
+                )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 self._wake.set()
@@ -259,8 +288,10 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - the lease expires and another claim retries the run
             # An exception's text may quote a secret: log and store it through the run's redactor (§9.2).
             redactor = driver.redactor if driver is not None else Redactor(())
-            log.error("run driver crashed", extra={"run_id": str(run_id), "worker": self.id,
-                                                   "exc": redactor.redact_text(traceback.format_exc())})
+            log.error(
+                "run driver crashed",
+                extra={"run_id": str(run_id), "worker": self.id, "exc": redactor.redact_text(traceback.format_exc())},
+            )
             await self._after_crash(run, exc, redactor)
             self.wake_later(1.0)
         finally:

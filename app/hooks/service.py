@@ -9,6 +9,7 @@ random bytes>`; those secrets stay valid and mean the same 32 bytes (decoding ac
 alphabets), so their senders only switch headers — or spell the secret with `+` and `/` for a
 Standard Webhooks library that expects the standard alphabet.
 """
+
 from __future__ import annotations
 
 import base64
@@ -45,14 +46,17 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     """`v1,<signature>` for these headers and body (for senders' docs and tests)."""
     import datetime
 
-    ts = datetime.datetime.fromtimestamp(timestamp, tz=datetime.timezone.utc)
+    ts = datetime.datetime.fromtimestamp(timestamp, tz=datetime.UTC)
     return Webhook(secret_key(secret)).sign(msg_id, ts, body.decode())
 
 
 def _verify(secret: str, body: bytes, msg_id: str, timestamp: str, signature: str) -> None:
     try:
-        Webhook(secret_key(secret)).verify(body, {"webhook-id": msg_id, "webhook-timestamp": timestamp,
-                                                  "webhook-signature": signature}, json_parse=False)
+        Webhook(secret_key(secret)).verify(
+            body,
+            {"webhook-id": msg_id, "webhook-timestamp": timestamp, "webhook-signature": signature},
+            json_parse=False,
+        )
     except WebhookVerificationError as exc:
         text = str(exc)
         if "too old" in text or "too new" in text:
@@ -69,8 +73,15 @@ def body_hash(body: bytes) -> bytes:
     return hashlib.sha256(body).digest()
 
 
-async def accept_hook(db: Database, cipher: Cipher, wf_id: uuid.UUID, body: bytes, msg_id: str | None,
-                      timestamp: str | None, signature: str | None) -> tuple[uuid.UUID, bool]:
+async def accept_hook(
+    db: Database,
+    cipher: Cipher,
+    wf_id: uuid.UUID,
+    body: bytes,
+    msg_id: str | None,
+    timestamp: str | None,
+    signature: str | None,
+) -> tuple[uuid.UUID, bool]:
     if not (msg_id and timestamp and signature):
         raise Unauthorized("webhook-id, webhook-timestamp and webhook-signature are required.")
     digest = body_hash(body)
@@ -87,7 +98,9 @@ async def accept_hook(db: Database, cipher: Cipher, wf_id: uuid.UUID, body: byte
         try:
             payload = orjson.loads(body) if body.strip() else {}
         except orjson.JSONDecodeError:
-            raise Unprocessable("The body is not valid JSON.", errors=[{"loc": ["body"], "msg": "invalid JSON"}]) from None
+            raise Unprocessable(
+                "The body is not valid JSON.", errors=[{"loc": ["body"], "msg": "invalid JSON"}]
+            ) from None
         if payload is None:
             payload = {}  # JSON null means no input, like an empty body (runs.input is NOT NULL)
         try:
@@ -99,10 +112,18 @@ async def accept_hook(db: Database, cipher: Cipher, wf_id: uuid.UUID, body: byte
             raise Conflict("The workflow's latest version cannot be loaded.")
         run_id = new_id()
         try:
-            await repo.insert_run(run_id=run_id, project_id=wf["project_id"], workflow_id=wf_id,
-                                  version=wf["latest_version"], trigger="webhook", input=payload,
-                                  delivery_id=msg_id, delivery_hash=digest, pending=pending_rows(dag),
-                                  event_payload={"delivery_id": msg_id})
+            await repo.insert_run(
+                run_id=run_id,
+                project_id=wf["project_id"],
+                workflow_id=wf_id,
+                version=wf["latest_version"],
+                trigger="webhook",
+                input=payload,
+                delivery_id=msg_id,
+                delivery_hash=digest,
+                pending=pending_rows(dag),
+                event_payload={"delivery_id": msg_id},
+            )
         except asyncpg.UniqueViolationError:
             pass  # a concurrent delivery with the same id won; read it below in a fresh transaction
         else:

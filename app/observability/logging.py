@@ -1,4 +1,5 @@
 """JSON (or text) logs; every line carries the request id of the request it belongs to."""
+
 from __future__ import annotations
 
 import contextvars
@@ -43,7 +44,9 @@ class TextFormatter(logging.Formatter):
 
 def configure_logging(fmt: str = "json", level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    handler.setFormatter(
+        JsonFormatter() if fmt == "json" else TextFormatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -1,4 +1,5 @@
 """Rules for projects and membership, including the role check every domain uses."""
+
 from __future__ import annotations
 
 import uuid
@@ -43,7 +44,9 @@ async def list_projects(tx: Tx):
 async def add_member(tx: Tx, user: User, project_id: uuid.UUID, member_id: uuid.UUID, role: str):
     await require_role(tx, project_id, "owner")
     if member_id == user.id and role != "owner":
-        raise Unprocessable("Owners cannot demote themselves.", errors=[{"loc": ["body", "role"], "msg": "cannot demote yourself"}])
+        raise Unprocessable(
+            "Owners cannot demote themselves.", errors=[{"loc": ["body", "role"], "msg": "cannot demote yourself"}]
+        )
     return await ProjectRepository(tx).upsert_member(project_id, member_id, role)
 
 

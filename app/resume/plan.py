@@ -1,4 +1,5 @@
 """Which steps a resume may start from, and what it reuses or re-executes (DESIGN §5). Pure functions."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -20,8 +21,11 @@ def resolved_by(run) -> object | None:
 def eligible_steps(dag: Dag, run_status: str, statuses: dict[str, str]) -> list[str]:
     if run_status not in RESUMABLE_RUN:
         return []
-    return [k for k in dag.order
-            if statuses.get(k) in RESUMABLE_STEP and all(statuses.get(a) in DONE for a in dag.ancestors(k))]
+    return [
+        k
+        for k in dag.order
+        if statuses.get(k) in RESUMABLE_STEP and all(statuses.get(a) in DONE for a in dag.ancestors(k))
+    ]
 
 
 def rerunnable_steps(dag: Dag, run_status: str, resolved: bool, statuses: dict[str, str]) -> list[str]:
@@ -42,8 +46,9 @@ class ResumePlan:
     rerunnable_steps: list[str] = field(default_factory=list)
 
 
-def build_resume_plan(old_dag: Dag, new_dag: Dag, statuses: dict[str, str], from_step: str,
-                      eligible: list[str]) -> ResumePlan:
+def build_resume_plan(
+    old_dag: Dag, new_dag: Dag, statuses: dict[str, str], from_step: str, eligible: list[str]
+) -> ResumePlan:
     """Re-executed: the chosen step, its descendants, every step that did not succeed, and (with
     another version) every step whose config or incoming edges changed, with its descendants.
     Reused: every other succeeded step."""

@@ -1,4 +1,5 @@
 """SQL that only resume needs: idempotency records."""
+
 from __future__ import annotations
 
 import uuid
@@ -14,10 +15,14 @@ class IdempotencyRepository:
         return await self.tx.fetchrow(
             "select request_hash, status_code, response from idempotency_records"
             " where user_id = $1 and scope = $2 and key = $3 and created_at > now() - interval '24 hours'",
-            user_id, scope, key)
+            user_id,
+            scope,
+            key,
+        )
 
-    async def put(self, user_id: uuid.UUID, scope: str, key: str, request_hash: str, status_code: int,
-                  response: dict) -> None:
+    async def put(
+        self, user_id: uuid.UUID, scope: str, key: str, request_hash: str, status_code: int, response: dict
+    ) -> None:
         # A record older than 24 h is replaced; a live one is kept as it is (twins with the same key
         # are serialized by the parent's row lock, so the second finds the first's record and replays it).
         await self.tx.execute(
@@ -26,7 +31,13 @@ class IdempotencyRepository:
             " on conflict (user_id, scope, key) do update set request_hash = excluded.request_hash,"
             " status_code = excluded.status_code, response = excluded.response, created_at = now()"
             " where idempotency_records.created_at <= now() - interval '24 hours'",
-            user_id, scope, key, request_hash, status_code, response)
+            user_id,
+            scope,
+            key,
+            request_hash,
+            status_code,
+            response,
+        )
 
 
 # The parent, locked, with its step statuses, in one round trip. The lock serializes concurrent
@@ -160,12 +171,52 @@ class ResumeRepository:
     async def lineage_conflict(self, run_id: uuid.UUID):
         return await self.tx.fetchrow(_LINEAGE_CONFLICT, run_id)
 
-    async def write(self, *, new_id, parent, version: int, input, from_step: str, reason, actor,
-                    pending: tuple[list, list, list], reuse_keys: list[str], reuse_positions: list[int],
-                    child_payload: dict, parent_payload: dict, request_id, ip, user_agent, audit_detail: dict,
-                    rerun: bool = False, overrides: tuple[list, list, list, list] = ([], [], [], [])):
+    async def write(
+        self,
+        *,
+        new_id,
+        parent,
+        version: int,
+        input,
+        from_step: str,
+        reason,
+        actor,
+        pending: tuple[list, list, list],
+        reuse_keys: list[str],
+        reuse_positions: list[int],
+        child_payload: dict,
+        parent_payload: dict,
+        request_id,
+        ip,
+        user_agent,
+        audit_detail: dict,
+        rerun: bool = False,
+        overrides: tuple[list, list, list, list] = ([], [], [], []),
+    ):
         return await self.tx.fetch(
-            _WRITE_RESUME, new_id, parent["project_id"], parent["workflow_id"], version, input, parent["id"],
-            parent["root_run_id"] or parent["id"], from_step, reason, actor, pending[0], pending[1], pending[2],
-            reuse_keys, reuse_positions, {"parent_run_id": str(parent["id"])}, child_payload, parent_payload,
-            request_id, ip, user_agent, audit_detail, rerun, *overrides)
+            _WRITE_RESUME,
+            new_id,
+            parent["project_id"],
+            parent["workflow_id"],
+            version,
+            input,
+            parent["id"],
+            parent["root_run_id"] or parent["id"],
+            from_step,
+            reason,
+            actor,
+            pending[0],
+            pending[1],
+            pending[2],
+            reuse_keys,
+            reuse_positions,
+            {"parent_run_id": str(parent["id"])},
+            child_payload,
+            parent_payload,
+            request_id,
+            ip,
+            user_agent,
+            audit_detail,
+            rerun,
+            *overrides,
+        )

@@ -1,4 +1,5 @@
 """HTTP routes for resume-from-step and its preview."""
+
 from __future__ import annotations
 
 import uuid
@@ -39,56 +40,114 @@ RESUME_DESCRIPTION = """Start a new run that continues this failed, paused or ca
   SHA-256 of each output, never the output."""
 
 
-@router.get("/runs/{run_id}/resume-plan", response_model=ResumePlanRead, operation_id="runs-resume-plan",
-            summary="Preview what a resume from a step would reuse and re-execute",
-            description="Nothing is written. Returns the same 409/422 as the resume itself would.",
-            responses=errors_for(401, 404, 409, 422, 503))
-async def resume_plan(run_id: Annotated[uuid.UUID, Path()], user: CurrentUser, db: DbDep,
-                      from_step: Annotated[str, Query(min_length=1, max_length=100)]):
+@router.get(
+    "/runs/{run_id}/resume-plan",
+    response_model=ResumePlanRead,
+    operation_id="runs-resume-plan",
+    summary="Preview what a resume from a step would reuse and re-execute",
+    description="Nothing is written. Returns the same 409/422 as the resume itself would.",
+    responses=errors_for(401, 404, 409, 422, 503),
+)
+async def resume_plan(
+    run_id: Annotated[uuid.UUID, Path()],
+    user: CurrentUser,
+    db: DbDep,
+    from_step: Annotated[str, Query(min_length=1, max_length=100)],
+):
     async with db.user_scope(user.claims) as tx:
         return await service.resume_plan(tx, run_id, from_step)
 
 
-@router.post("/runs/{run_id}/resume-plan", response_model=ResumePlanRead, operation_id="runs-resume-plan-body",
-             summary="Preview a resume with the same body as POST /runs/{run_id}/resume (rerun, outputs)",
-             description="Nothing is written and nothing is audited. Steps named in `outputs` are listed in "
-                         "`override`, not in `rerun`. Returns the same 409/413/422 as the resume itself would "
-                         "(except the check for a run already in flight).",
-             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-                 "schema": {"$ref": "#/components/schemas/ResumeRequest"},
-                 "examples": {"mark-succeeded": {"value": {"from_step": "charge", "outputs": {"charge": {"paid": True}},
-                                                           "reason": "paid by phone"}},
-                              "rerun": {"value": {"from_step": "total", "rerun": True}}}}}}},
-             responses=errors_for(401, 404, 409, 413, 422, 503))
+@router.post(
+    "/runs/{run_id}/resume-plan",
+    response_model=ResumePlanRead,
+    operation_id="runs-resume-plan-body",
+    summary="Preview a resume with the same body as POST /runs/{run_id}/resume (rerun, outputs)",
+    description="Nothing is written and nothing is audited. Steps named in `outputs` are listed in "
+    "`override`, not in `rerun`. Returns the same 409/413/422 as the resume itself would "
+    "(except the check for a run already in flight).",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {"$ref": "#/components/schemas/ResumeRequest"},
+                    "examples": {
+                        "mark-succeeded": {
+                            "value": {
+                                "from_step": "charge",
+                                "outputs": {"charge": {"paid": True}},
+                                "reason": "paid by phone",
+                            }
+                        },
+                        "rerun": {"value": {"from_step": "total", "rerun": True}},
+                    },
+                }
+            },
+        }
+    },
+    responses=errors_for(401, 404, 409, 413, 422, 503),
+)
 async def resume_plan_body(run_id: Annotated[uuid.UUID, Path()], request: Request, user: CurrentUser, db: DbDep):
     req = service.parse_request(await request.body())
     async with db.user_scope(user.claims) as tx:
         return await service.resume_plan_for(tx, run_id, req)
 
 
-@router.post("/runs/{run_id}/resume", status_code=202, response_model=RunDetail, operation_id="runs-resume",
-             summary="Resume a failed, paused or cancelled run from a step (editor+)",
-             description=RESUME_DESCRIPTION,
-             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-                 "schema": {"$ref": "#/components/schemas/ResumeRequest"},
-                 "examples": {"retry": {"value": {"from_step": "charge", "reason": "Upstream API fixed"}},
-                              "new-input": {"value": {"from_step": "charge", "input": {"amount": 40},
-                                                      "workflow_version": "latest"}},
-                              "approve": {"value": {"from_step": "review", "reason": "approved"}},
-                              "mark-succeeded": {"value": {"from_step": "charge",
-                                                           "outputs": {"charge": {"status": 200, "body": {"paid": True}}},
-                                                           "reason": "paid by phone"}},
-                              "rerun": {"value": {"from_step": "total", "rerun": True,
-                                                  "reason": "the total expression was wrong"}}}}}}},
-             responses=errors_for(401, 403, 404, 409, 413, 422, 503))
-async def resume(run_id: Annotated[uuid.UUID, Path()], request: Request, user: CurrentUser, db: DbDep,
-                 idempotency_key: Annotated[str | None, Header(max_length=255)] = None):
+@router.post(
+    "/runs/{run_id}/resume",
+    status_code=202,
+    response_model=RunDetail,
+    operation_id="runs-resume",
+    summary="Resume a failed, paused or cancelled run from a step (editor+)",
+    description=RESUME_DESCRIPTION,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {"$ref": "#/components/schemas/ResumeRequest"},
+                    "examples": {
+                        "retry": {"value": {"from_step": "charge", "reason": "Upstream API fixed"}},
+                        "new-input": {
+                            "value": {"from_step": "charge", "input": {"amount": 40}, "workflow_version": "latest"}
+                        },
+                        "approve": {"value": {"from_step": "review", "reason": "approved"}},
+                        "mark-succeeded": {
+                            "value": {
+                                "from_step": "charge",
+                                "outputs": {"charge": {"status": 200, "body": {"paid": True}}},
+                                "reason": "paid by phone",
+                            }
+                        },
+                        "rerun": {
+                            "value": {"from_step": "total", "rerun": True, "reason": "the total expression was wrong"}
+                        },
+                    },
+                }
+            },
+        }
+    },
+    responses=errors_for(401, 403, 404, 409, 413, 422, 503),
+)
+async def resume(
+    run_id: Annotated[uuid.UUID, Path()],
+    request: Request,
+    user: CurrentUser,
+    db: DbDep,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+):
     # The body is validated by the service, so that malformed requests are audited too.
     raw = await request.body()
-    status, body = await service.resume(db, user, run_id, raw, idempotency_key, RequestFacts.of(request),
-                                        cipher=request.app.state.cipher)
-    return Response(orjson.dumps(body, default=str), status_code=status, media_type="application/json",
-                    headers={"Location": f"/runs/{body['id']}"})
+    status, body = await service.resume(
+        db, user, run_id, raw, idempotency_key, RequestFacts.of(request), cipher=request.app.state.cipher
+    )
+    return Response(
+        orjson.dumps(body, default=str),
+        status_code=status,
+        media_type="application/json",
+        headers={"Location": f"/runs/{body['id']}"},
+    )
 
 
 __all__ = ["router", "ResumeRequest"]

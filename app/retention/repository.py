@@ -1,4 +1,5 @@
 """SQL of retention (service scope: the worker's login role bypasses RLS)."""
+
 from __future__ import annotations
 
 from datetime import datetime

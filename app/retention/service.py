@@ -3,6 +3,7 @@ of their own transactions (so no lock is held for long and resumes keep flowing)
 trees whose runs all finished more than MESHHOOK_RETENTION_DAYS ago, and the audit rows older than
 MESHHOOK_AUDIT_RETENTION_DAYS. Unset, nothing is pruned. Several workers prune side by side (SKIP LOCKED).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -42,8 +43,9 @@ class Pruner:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the next pass tries again
-                log.warning("pruning failed; retrying next pass", extra={"error": type(exc).__name__,
-                                                                         "detail": str(exc)[:200]})
+                log.warning(
+                    "pruning failed; retrying next pass", extra={"error": type(exc).__name__, "detail": str(exc)[:200]}
+                )
             await asyncio.sleep(interval)
 
     async def prune_once(self, now: datetime | None = None) -> dict[str, int]:

@@ -1,4 +1,5 @@
 """Rules for runs: starting, reading (with resume eligibility), listing, lineage and operator actions."""
+
 from __future__ import annotations
 
 import base64
@@ -39,12 +40,21 @@ async def start_run(tx: Tx, user: User, wf_id: uuid.UUID, input_: dict, version:
     version = version or wf["latest_version"]
     dag = await dag_cache.get(tx, wf_id, version)
     if dag is None:
-        raise Unprocessable(f"Workflow version {version} does not exist.",
-                            errors=[{"loc": ["body", "version"], "msg": "no such version"}])
+        raise Unprocessable(
+            f"Workflow version {version} does not exist.",
+            errors=[{"loc": ["body", "version"], "msg": "no such version"}],
+        )
     run_id = new_id()
-    await RunRepository(tx).insert_run(run_id=run_id, project_id=wf["project_id"], workflow_id=wf_id,
-                                       version=version, trigger="api", input=input_, created_by=user.id,
-                                       pending=pending_rows(dag))
+    await RunRepository(tx).insert_run(
+        run_id=run_id,
+        project_id=wf["project_id"],
+        workflow_id=wf_id,
+        version=version,
+        trigger="api",
+        input=input_,
+        created_by=user.id,
+        pending=pending_rows(dag),
+    )
     return await run_view(tx, run_id, with_steps=False)
 
 
@@ -62,17 +72,45 @@ async def run_for(tx: Tx, run_id: uuid.UUID, min_role: str, *, for_update: bool 
 
 
 def run_dict(run) -> dict:
-    return {k: run[k] for k in ("id", "project_id", "workflow_id", "workflow_version", "status", "trigger", "input",
-                                "error", "parent_run_id", "root_run_id", "resumed_from_step", "created_by",
-                                "created_at", "started_at", "finished_at", "rerun")} | {"resolved_by": resolved_by(run)}
+    return {
+        k: run[k]
+        for k in (
+            "id",
+            "project_id",
+            "workflow_id",
+            "workflow_version",
+            "status",
+            "trigger",
+            "input",
+            "error",
+            "parent_run_id",
+            "root_run_id",
+            "resumed_from_step",
+            "created_by",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "rerun",
+        )
+    } | {"resolved_by": resolved_by(run)}
 
 
 def step_dict(s, eligible: set[str]) -> dict:
-    return {"key": s["step_key"], "type": s["step_type"], "status": s["status"], "attempt": s["attempt"],
-            "input": s["input"], "output": s["output"], "output_truncated": s["output_truncated"],
-            "error": s["error"], "started_at": s["started_at"], "finished_at": s["finished_at"],
-            "reused_from": s["reused_from"], "eligible_for_resume": s["step_key"] in eligible,
-            "override": s["override"]}
+    return {
+        "key": s["step_key"],
+        "type": s["step_type"],
+        "status": s["status"],
+        "attempt": s["attempt"],
+        "input": s["input"],
+        "output": s["output"],
+        "output_truncated": s["output_truncated"],
+        "error": s["error"],
+        "started_at": s["started_at"],
+        "finished_at": s["finished_at"],
+        "reused_from": s["reused_from"],
+        "eligible_for_resume": s["step_key"] in eligible,
+        "override": s["override"],
+    }
 
 
 async def run_view(tx: Tx, run_id: uuid.UUID, *, with_steps: bool = True, run=None) -> dict:
@@ -87,8 +125,9 @@ async def run_view(tx: Tx, run_id: uuid.UUID, *, with_steps: bool = True, run=No
         eset = set(eligible)
         out["steps"] = [step_dict(s, eset) for s in steps]
         out["eligible_steps"] = eligible
-        out["rerunnable_steps"] = rerunnable_steps(dag, run["status"], out["resolved_by"] is not None,
-                                                   statuses) if dag else []
+        out["rerunnable_steps"] = (
+            rerunnable_steps(dag, run["status"], out["resolved_by"] is not None, statuses) if dag else []
+        )
     else:
         out["steps"] = []
         out["eligible_steps"] = []
@@ -118,6 +157,7 @@ async def get_step(tx: Tx, run_id: uuid.UUID, key: str) -> dict:
 class CursorSeal:
     """Signs list cursors with a server key (HMAC-SHA256) over the position and the query they came from,
     so a cursor cannot be forged or carried over to another query."""
+
     key: bytes
     query: str  # the request's filters, canonical (everything but cursor and limit)
 
@@ -148,21 +188,41 @@ def decode_cursor(cursor: str, seal: CursorSeal) -> tuple[datetime, uuid.UUID]:
         ts, rid = orjson.loads(payload)
         return datetime.fromisoformat(ts), uuid.UUID(rid)
     except Exception:  # noqa: BLE001 - any garbage is the client's mistake
-        raise Unprocessable("The cursor is not valid for this query: pass `next_cursor` with the same filters.",
-                            errors=[{"loc": ["query", "cursor"], "msg": "invalid cursor"}]) from None
+        raise Unprocessable(
+            "The cursor is not valid for this query: pass `next_cursor` with the same filters.",
+            errors=[{"loc": ["query", "cursor"], "msg": "invalid cursor"}],
+        ) from None
 
 
-async def list_runs(tx: Tx, *, project_id, workflow_id, status, created_after, created_before, cursor, limit,
-                    seal: CursorSeal, unresolved: bool = False):
+async def list_runs(
+    tx: Tx,
+    *,
+    project_id,
+    workflow_id,
+    status,
+    created_after,
+    created_before,
+    cursor,
+    limit,
+    seal: CursorSeal,
+    unresolved: bool = False,
+):
     if project_id is not None:
         role = await ProjectRepository(tx).role_of_caller(project_id)
         check_role(role, "viewer", "project")
     if workflow_id is not None:
         await workflow_for(tx, workflow_id, "viewer")
     cur = decode_cursor(cursor, seal) if cursor else None
-    rows = await RunRepository(tx).list_runs(project_id=project_id, workflow_id=workflow_id, status=status,
-                                             created_after=created_after, created_before=created_before,
-                                             cursor=cur, limit=limit, unresolved=unresolved)
+    rows = await RunRepository(tx).list_runs(
+        project_id=project_id,
+        workflow_id=workflow_id,
+        status=status,
+        created_after=created_after,
+        created_before=created_before,
+        cursor=cur,
+        limit=limit,
+        unresolved=unresolved,
+    )
     more = len(rows) > limit
     rows = rows[:limit]
     nxt = encode_cursor(rows[-1]["created_at"], rows[-1]["id"], seal) if more and rows else None
@@ -177,8 +237,10 @@ async def lineage(tx: Tx, run_id: uuid.UUID) -> dict:
     for r in rows:
         if r["parent_run_id"] is not None:
             children.setdefault(r["parent_run_id"], []).append(r["id"])
-    return {"root_run_id": root,
-            "runs": [dict(r) | {"children": children.get(r["id"], []), "resolved_by": resolved_by(r)} for r in rows]}
+    return {
+        "root_run_id": root,
+        "runs": [dict(r) | {"children": children.get(r["id"], []), "resolved_by": resolved_by(r)} for r in rows],
+    }
 
 
 async def list_events(tx: Tx, run_id: uuid.UUID, after: int, limit: int) -> dict:

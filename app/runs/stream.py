@@ -6,6 +6,7 @@ borrow a pooled connection only for the moment of a read. While nothing listens 
 MESHHOOK_LISTEN_URL under transaction pooling, or the listener is reconnecting) streams
 re-read every poll interval instead.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -23,12 +24,14 @@ LISTENING_RECHECK_S = 5.0  # a safety re-read even while notifications arrive
 
 
 class EventHub:
-    def __init__(self, dsn: str | None, poll_s: float = 1.0, *, channel: str = CHANNEL,
-                 application_name: str = "meshhook-stream"):
+    def __init__(
+        self, dsn: str | None, poll_s: float = 1.0, *, channel: str = CHANNEL, application_name: str = "meshhook-stream"
+    ):
         self.poll_s = poll_s
         self._subs: dict[str, set[asyncio.Event]] = {}
-        self._listener = Listener(dsn, {channel: self._on_notify}, application_name=application_name,
-                                  on_connect=self._wake_all, poll_s=poll_s)
+        self._listener = Listener(
+            dsn, {channel: self._on_notify}, application_name=application_name, on_connect=self._wake_all, poll_s=poll_s
+        )
 
     @property
     def connected(self) -> asyncio.Event:
@@ -73,9 +76,15 @@ class EventHub:
         await self._listener.close()
 
 
-def event_stream(hub: EventHub, key: uuid.UUID, first: list[dict], after: int,
-                 read: Callable[[int], Awaitable[list[dict]]], is_final: Callable[[dict], bool],
-                 expires_at: float) -> AsyncIterator[dict]:
+def event_stream(
+    hub: EventHub,
+    key: uuid.UUID,
+    first: list[dict],
+    after: int,
+    read: Callable[[int], Awaitable[list[dict]]],
+    is_final: Callable[[dict], bool],
+    expires_at: float,
+) -> AsyncIterator[dict]:
     """Server-Sent Events of one timeline (a run's, a bulk resume's): `first` (already read, which
     also checked access), then whatever `read(after)` finds after each wake-up or every `hub.wait_s`,
     until an event `is_final` or the caller's token expires (the client reconnects with Last-Event-ID)."""

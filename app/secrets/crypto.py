@@ -1,4 +1,5 @@
 """AES-256-GCM for values at rest (project secrets, webhook signing secrets)."""
+
 from __future__ import annotations
 
 import base64

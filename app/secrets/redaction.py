@@ -21,13 +21,15 @@ made by code that forgets rule (1) therefore still shows at most EDGE_MIN - 1 ch
 Values shorter than MIN_SECRET_LENGTH cannot be stored any more (422): they would rewrite
 unrelated text. Older short values are still masked, raw only.
 """
+
 from __future__ import annotations
 
 import base64
 import json
 import re
 from functools import lru_cache
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 from urllib.parse import quote, quote_plus
 
 MIN_SECRET_LENGTH = 8
@@ -83,8 +85,14 @@ def _compiled(secret: str) -> tuple[str, list[str], list[tuple[str, int]]]:
     pattern = f"(?=[{first}])" + "".join(_char_pattern(c) for c in secret)
     raw = secret.encode("utf-8")
     literals = sorted(set(_b64_cores(raw) + [raw.hex(), raw.hex().upper()]), key=len, reverse=True)
-    texts = {secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1],
-             quote(secret, safe=""), quote(secret), quote_plus(secret)}
+    texts = {
+        secret,
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+        quote(secret, safe=""),
+        quote(secret),
+        quote_plus(secret),
+    }
     texts |= {re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), f) for f in list(texts)}
     forms = [(f, EDGE_MIN) for f in texts] + [(f, EDGE_MIN_ENCODED) for f in literals if f not in texts]
     return pattern, literals, forms
@@ -106,8 +114,9 @@ class Redactor:
             forms.extend(fs)
         patterns.extend(re.escape(v) for v in short_values)  # legacy values: raw form only
         self._pattern = re.compile("|".join(patterns)) if patterns else None
-        self._literals = re.compile("|".join(map(re.escape, sorted(set(literals), key=len, reverse=True)))) \
-            if literals else None
+        self._literals = (
+            re.compile("|".join(map(re.escape, sorted(set(literals), key=len, reverse=True)))) if literals else None
+        )
         self._forms = sorted(set(forms), key=lambda f: len(f[0]), reverse=True)
         # Where a fragment can start (a form's first EDGE_MIN.. characters) or end (its last ones):
         # one regex pass per string finds the few candidates the loops above then check.
@@ -203,7 +212,7 @@ class Redactor:
         """Start of the longest tail of text[:end] that is a proper prefix of a form, if any."""
         lo = max(0, end - self._longest_form + 1)
         for m in self._starts.finditer(text, lo, end):  # ascending: the first hit is the longest
-            fragment = text[m.start():end]
+            fragment = text[m.start() : end]
             for form, minimum in self._forms:
                 if minimum <= len(fragment) < len(form) and form.startswith(fragment):
                     return m.start()
@@ -213,7 +222,7 @@ class Redactor:
         """End of the longest head of text that is a proper suffix of a form, if any."""
         hi = min(len(text), self._longest_form - 1)
         for m in reversed(list(self._ends.finditer(text, 0, hi))):  # the last hit is the longest
-            fragment = text[:m.end(1)]
+            fragment = text[: m.end(1)]
             for form, minimum in self._forms:
                 if minimum <= len(fragment) < len(form) and form.endswith(fragment):
                     return m.end(1)

@@ -1,4 +1,5 @@
 """SQL for project secrets."""
+
 from __future__ import annotations
 
 import uuid
@@ -16,7 +17,12 @@ class SecretRepository:
             # The SET uses the parameters, not excluded.*: reading excluded columns needs SELECT on
             # them, and the API role is deliberately not granted SELECT on nonce/ciphertext.
             " on conflict (project_id, name) do update set nonce = $3,"
-            " ciphertext = $4, updated_at = now()", project_id, name, nonce, ciphertext)
+            " ciphertext = $4, updated_at = now()",
+            project_id,
+            name,
+            nonce,
+            ciphertext,
+        )
 
     async def all_encrypted(self, project_id: uuid.UUID):
         """Service scope only (the worker): the API role cannot read ciphertexts."""

@@ -1,4 +1,5 @@
 """Rules for secrets: editors write them; only the worker reads them, at execution time."""
+
 from __future__ import annotations
 
 import uuid

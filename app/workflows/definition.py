@@ -2,6 +2,7 @@
 
 Validation collects every problem with its location instead of stopping at the first.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -119,7 +120,9 @@ def _check_config(typ: str, cfg: dict, loc: list, node: str, errors: list) -> No
         elif "{{" not in url and not url.startswith(("http://", "https://")):
             bad("url", "must be an http:// or https:// URL")
         for fld in ("headers", "query"):
-            if fld in cfg and not (isinstance(cfg[fld], dict) and all(isinstance(v, (str, int, float)) for v in cfg[fld].values())):
+            if fld in cfg and not (
+                isinstance(cfg[fld], dict) and all(isinstance(v, (str, int, float)) for v in cfg[fld].values())
+            ):
                 bad(fld, "must be an object of string values")
         t = cfg.get("timeout_s", 30)
         if not _num(t) or not 0 < t <= 300:
@@ -170,12 +173,14 @@ def _check_config(typ: str, cfg: dict, loc: list, node: str, errors: list) -> No
         _err(errors, [*loc, *sub_loc], msg, node, template_field)
     if typ in ("transform",) and isinstance(cfg.get("expression"), str):
         from app.workflows.templates import TemplateError, compile_expression
+
         try:
             compile_expression(cfg["expression"])
         except TemplateError as exc:
             bad("expression", str(exc))
     if typ == "branch" and isinstance(cfg.get("condition"), str):
         from app.workflows.templates import TemplateError, compile_expression
+
         try:
             compile_expression(cfg["condition"])
         except TemplateError as exc:
@@ -219,7 +224,13 @@ def parse_definition(definition: Any) -> Dag:
         typ = data.get("type", node.get("type"))
         typ = ALIASES.get(typ, typ) if isinstance(typ, str) else typ
         if typ not in STEP_TYPES:
-            _err(errors, [*loc, "data", "type"], f"unknown step type {typ!r}; expected one of {list(STEP_TYPES)}", key, "type")
+            _err(
+                errors,
+                [*loc, "data", "type"],
+                f"unknown step type {typ!r}; expected one of {list(STEP_TYPES)}",
+                key,
+                "type",
+            )
             continue
         cfg = data.get("config", {})
         if cfg is None:
@@ -257,7 +268,13 @@ def parse_definition(definition: Any) -> Dag:
             continue
         if steps[src].type == "branch":
             if handle not in ("true", "false"):
-                _err(errors, [*loc, "sourceHandle"], "edges leaving a branch need sourceHandle 'true' or 'false'", src, "sourceHandle")
+                _err(
+                    errors,
+                    [*loc, "sourceHandle"],
+                    "edges leaving a branch need sourceHandle 'true' or 'false'",
+                    src,
+                    "sourceHandle",
+                )
                 continue
         else:
             handle = None
@@ -272,6 +289,7 @@ def parse_definition(definition: Any) -> Dag:
     ready = sorted((k for k, d in indeg.items() if d == 0), key=lambda k: steps[k].position)
     order: list[str] = []
     import heapq
+
     heap = [(steps[k].position, k) for k in ready]
     heapq.heapify(heap)
     while heap:

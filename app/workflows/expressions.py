@@ -8,6 +8,7 @@ Sizes are *logical*: what the value would take once serialized. JMESPath shares 
 expanding. Functions that would expand a value (`to_string`, `join`, comparisons, `contains`,
 `sort`) are charged what they would cost before they run.
 """
+
 from __future__ import annotations
 
 import math
@@ -118,8 +119,10 @@ class Budget:
         size = self.measure(value)[0]
         self.result_bytes += size
         if self.result_bytes > self.limits.max_result_bytes:
-            raise ExpressionLimit(f"expression result of {self.result_bytes:,} bytes exceeds the limit of "
-                                  f"{self.limits.max_result_bytes:,} bytes")
+            raise ExpressionLimit(
+                f"expression result of {self.result_bytes:,} bytes exceeds the limit of "
+                f"{self.limits.max_result_bytes:,} bytes"
+            )
 
     def interpreter(self) -> BoundedInterpreter:
         if self._interpreter is None:
@@ -172,8 +175,9 @@ def _cost_sort(b: Budget, args: list) -> None:
 def _charge_output(b: Budget, function: str, size: int) -> None:
     """A function about to build `size` bytes of text: refused over the result limit, else charged."""
     if size > b.limits.max_result_bytes:
-        raise ExpressionLimit(f"{function}() would produce {size:,} bytes, over the limit of "
-                              f"{b.limits.max_result_bytes:,} bytes")
+        raise ExpressionLimit(
+            f"{function}() would produce {size:,} bytes, over the limit of {b.limits.max_result_bytes:,} bytes"
+        )
     b.charge(size >> 5)
 
 
@@ -203,8 +207,12 @@ def _cost_merge(b: Budget, args: list) -> None:
 # Functions whose work does not grow with their arguments (their signatures check only the top type).
 _CONSTANT_TIME = frozenset({"abs", "ceil", "floor", "length", "not_null", "to_array", "type"})
 _EXTRA_COST: dict[str, Callable[[Budget, list], None]] = {
-    "sort": _cost_sort, "sort_by": _cost_sort, "to_string": _cost_to_string, "join": _cost_join,
-    "contains": _cost_contains, "merge": _cost_merge,
+    "sort": _cost_sort,
+    "sort_by": _cost_sort,
+    "to_string": _cost_to_string,
+    "join": _cost_join,
+    "contains": _cost_contains,
+    "merge": _cost_merge,
 }
 
 
@@ -263,6 +271,7 @@ class BoundedInterpreter(TreeInterpreter):
 
 _OPTIONS = Options()
 _DISPATCH: dict[str, Callable[..., Any]] = {
-    name[len("visit_"):]: getattr(BoundedInterpreter, name)
-    for name in dir(BoundedInterpreter) if name.startswith("visit_")
+    name[len("visit_") :]: getattr(BoundedInterpreter, name)
+    for name in dir(BoundedInterpreter)
+    if name.startswith("visit_")
 }

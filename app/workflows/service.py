@@ -1,4 +1,5 @@
 """Rules for workflows: validation on write, immutable numbered versions, webhook secrets."""
+
 from __future__ import annotations
 
 import base64
@@ -81,8 +82,9 @@ def new_webhook_secret() -> str:
     return "whsec_" + base64.b64encode(pysecrets.token_bytes(32)).decode()
 
 
-async def create_workflow(tx: Tx, cipher: Cipher, user: User, project_id: uuid.UUID, slug: str, name: str,
-                          definition: dict):
+async def create_workflow(
+    tx: Tx, cipher: Cipher, user: User, project_id: uuid.UUID, slug: str, name: str, definition: dict
+):
     await require_role(tx, project_id, "editor")
     validate_definition(definition)
     repo = WorkflowRepository(tx)
@@ -126,6 +128,14 @@ async def get_workflow(tx: Tx, wf_id: uuid.UUID, version: int | None = None):
 
 
 def _read(row) -> dict:
-    return {"id": row["id"], "project_id": row["project_id"], "slug": row["slug"], "name": row["name"],
-            "version": row["version"], "latest_version": row["latest_version"], "definition": row["definition"],
-            "created_at": row["created_at"], "webhook_url": f"/hooks/{row['id']}"}
+    return {
+        "id": row["id"],
+        "project_id": row["project_id"],
+        "slug": row["slug"],
+        "name": row["name"],
+        "version": row["version"],
+        "latest_version": row["latest_version"],
+        "definition": row["definition"],
+        "created_at": row["created_at"],
+        "webhook_url": f"/hooks/{row['id']}",
+    }

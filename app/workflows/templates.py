@@ -1,5 +1,6 @@
 """`{{ expr }}` templates: JMESPath expressions compiled once, rendered against a run's context
 within the limits of app/workflows/expressions.py; rendered values are storable (app/storable.py)."""
+
 from __future__ import annotations
 
 import re

@@ -1,4 +1,5 @@
 """Step types (DESIGN §4). Pure steps compute from the context; http_call talks to the world."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,6 +1,7 @@
 """How an upstream's response body is stored: parsed JSON when it is JSON, text when it is UTF-8,
 otherwise `{"base64": …, "content_type": …}`; NUL in text is escaped (app/storable.py), so any
 bytes an upstream returns can be stored."""
+
 from __future__ import annotations
 
 import base64

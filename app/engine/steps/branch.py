@@ -1,4 +1,5 @@
 """branch: a JMESPath condition; output {"result": bool}. The untaken side is skipped by the driver."""
+
 from app.engine.steps import EXPRESSION_FAILURES, StepOutcome, expression_failed
 from app.workflows.templates import evaluate
 

@@ -1,4 +1,5 @@
 """delay: durable; the run sleeps in the database (runs.wake_at), not in a worker."""
+
 from app.engine.steps import StepOutcome
 
 

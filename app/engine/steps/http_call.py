@@ -2,6 +2,7 @@
 retryable (exponential backoff with full jitter, or `Retry-After`), other 4xx fail at once. The
 driver owns the retry loop: the wait between attempts is durable (the run sleeps in the database).
 Every try carries the same Idempotency-Key, so a receiver can deduplicate retries and crash re-sends."""
+
 from __future__ import annotations
 
 import asyncio
@@ -76,18 +77,21 @@ def _parse_body(resp: httpx.Response, content: bytes, cut: bool) -> Any:
 class AttemptResult:
     """One request's end: a settled outcome, or a retryable failure (the driver decides whether and
     when the next attempt goes out; the wait is durable)."""
+
     outcome: StepOutcome
     retryable: bool = False
     retry_after: str | None = None
 
 
-async def attempt(client: httpx.AsyncClient, config: dict, idempotency_key: str, *,
-                  redactor: Redactor = Redactor(())) -> AttemptResult:
+async def attempt(
+    client: httpx.AsyncClient, config: dict, idempotency_key: str, *, redactor: Redactor = Redactor(())
+) -> AttemptResult:
     """Send the request once. `timeout_s` bounds the whole attempt: connect, send and reading the
     whole body (at most MAX_BODY_READ bytes); past it the attempt is a `timeout` (retryable)."""
     method = config.get("method", "GET").upper()
-    headers = {str(k): str(v) for k, v in (config.get("headers") or {}).items()
-               if str(k).lower() != "idempotency-key"}  # ours is the one that counts
+    headers = {
+        str(k): str(v) for k, v in (config.get("headers") or {}).items() if str(k).lower() != "idempotency-key"
+    }  # ours is the one that counts
     headers["Idempotency-Key"] = idempotency_key
     query = {str(k): str(v) for k, v in (config.get("query") or {}).items()} or None
     body = config.get("body")
@@ -101,29 +105,43 @@ async def attempt(client: httpx.AsyncClient, config: dict, idempotency_key: str,
     timeout = float(config.get("timeout_s", 30))
     try:
         async with asyncio.timeout(timeout):  # the whole attempt, not each read
-            async with client.stream(method, str(config["url"]), headers=headers, params=query,
-                                     timeout=timeout, **kwargs) as resp:
+            async with client.stream(
+                method, str(config["url"]), headers=headers, params=query, timeout=timeout, **kwargs
+            ) as resp:
                 content, cut = await _read_capped(resp)
     except EgressDenied as exc:  # a policy decision, not a network fault: fail at once, never retry
         return AttemptResult(StepOutcome("failed", error={"type": "egress_denied", "message": str(exc)}))
     except (TimeoutError, httpx.TimeoutException) as exc:
-        return AttemptResult(StepOutcome("failed", error={
-            "type": "timeout", "message": f"the attempt did not complete within {timeout:g} s ({type(exc).__name__})"}),
-            retryable=True)
+        return AttemptResult(
+            StepOutcome(
+                "failed",
+                error={
+                    "type": "timeout",
+                    "message": f"the attempt did not complete within {timeout:g} s ({type(exc).__name__})",
+                },
+            ),
+            retryable=True,
+        )
     except httpx.TransportError as exc:
-        return AttemptResult(StepOutcome("failed", error={"type": "connect_error",
-                                                          "message": str(exc) or type(exc).__name__}), retryable=True)
+        return AttemptResult(
+            StepOutcome("failed", error={"type": "connect_error", "message": str(exc) or type(exc).__name__}),
+            retryable=True,
+        )
     except httpx.HTTPError as exc:
-        return AttemptResult(StepOutcome("failed", error={"type": "request_error",
-                                                          "message": str(exc) or type(exc).__name__}))
+        return AttemptResult(
+            StepOutcome("failed", error={"type": "request_error", "message": str(exc) or type(exc).__name__})
+        )
     out = {"status": resp.status_code, "headers": dict(resp.headers), "body": _parse_body(resp, content, cut)}
     if cut:
         out["body_truncated"] = True
     if resp.status_code < 400:
         return AttemptResult(StepOutcome("succeeded", out))
-    error = {"type": "http_error", "message": f"HTTP {resp.status_code}", "status": resp.status_code,
-             "body": _error_body(out["body"], redactor)}
+    error = {
+        "type": "http_error",
+        "message": f"HTTP {resp.status_code}",
+        "status": resp.status_code,
+        "body": _error_body(out["body"], redactor),
+    }
     if resp.status_code not in RETRY_STATUS and resp.status_code < 500:
         return AttemptResult(StepOutcome("failed", out, error))
-    return AttemptResult(StepOutcome("failed", out, error), retryable=True,
-                         retry_after=resp.headers.get("retry-after"))
+    return AttemptResult(StepOutcome("failed", out, error), retryable=True, retry_after=resp.headers.get("retry-after"))

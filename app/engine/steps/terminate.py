@@ -1,4 +1,5 @@
 """terminate: ends the run as succeeded or failed; a failed terminate step is itself failed."""
+
 from app.engine.steps import EXPRESSION_FAILURES, StepOutcome, expression_failed
 from app.storable import storable_text
 from app.workflows.templates import render

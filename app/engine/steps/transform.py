@@ -1,4 +1,5 @@
 """transform: a JMESPath expression over the context; the result (made storable) is the output."""
+
 from app.engine.steps import EXPRESSION_FAILURES, StepOutcome, expression_failed
 from app.storable import to_storable
 from app.workflows.templates import evaluate

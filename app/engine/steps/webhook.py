@@ -1,4 +1,5 @@
 """webhook: the entry step; its output is the run's input."""
+
 from app.engine.steps import StepOutcome
 
 
