@@ -8,14 +8,13 @@ from typing import Annotated
 import orjson
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import Response
-from sse_starlette.sse import EventSourceResponse
 
+from app.runs.stream import events_response
 from app.api import DbDep, EventsAfter, EventsLimit, LastEventId, errors_for, wants_event_stream
 from app.audit.service import RequestFacts
 from app.auth.dependencies import CurrentUser
 from app.bulk import service
 from app.bulk.schemas import BulkEventList, BulkResumeCreate, BulkResumeRead, Outcome
-from app.runs.stream import event_stream
 
 router = APIRouter(tags=["bulk-resume"])
 BulkId = Annotated[uuid.UUID, Path(description="Bulk resume id")]
@@ -121,27 +120,16 @@ async def events(
     limit: EventsLimit = 500,
     last_event_id: LastEventId = None,
 ):
-    if not wants_event_stream(request.headers.get("accept", "")):
-        async with db.user_scope(user.claims) as tx:
-            return _json(200, await service.list_events(tx, bulk_id, after, limit))
-    if last_event_id:
-        after = max(after, int(last_event_id))
-    async with db.user_scope(user.claims) as tx:
-        first = await service.list_events(tx, bulk_id, after, 1000)  # also the membership check (404)
-
-    async def read(after_id: int) -> list[dict]:
-        async with db.user_scope(user.claims) as tx:
-            return (await service.list_events(tx, bulk_id, after_id, 1000))["items"]
-
-    stream = event_stream(
-        request.app.state.hub,
+    out = await events_response(
+        request,
+        db,
+        user.claims,
         bulk_id,
-        first["items"],
-        after,
-        read,
+        service.list_events,
         lambda ev: bool(ev["payload"].get("final")),
-        float(user.claims.get("exp", 0)),
+        after,
+        limit,
+        last_event_id,
+        wants_event_stream(request.headers.get("accept", "")),
     )
-    return EventSourceResponse(
-        stream, ping=request.app.state.settings.sse_ping_s, headers={"Cache-Control": "no-store"}
-    )
+    return _json(200, out) if isinstance(out, dict) else out

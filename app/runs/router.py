@@ -9,13 +9,12 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import BeforeValidator
-from sse_starlette.sse import EventSourceResponse
 
+from app.runs.stream import events_response
 from app.api import DbDep, EventsAfter, EventsLimit, LastEventId, errors_for, wants_event_stream
 from app.auth.dependencies import CurrentUser
 from app.storable import StorableText
 from app.runs import service
-from app.runs.stream import event_stream
 from app.runs.schemas import EventList, Lineage, RunDetail, RunList, RunStart, StepDetail
 
 router = APIRouter(tags=["runs"])
@@ -167,30 +166,19 @@ async def events(
     limit: EventsLimit = 500,
     last_event_id: LastEventId = None,
 ):
-    if not wants_event_stream(request.headers.get("accept", "")):
-        async with db.user_scope(user.claims) as tx:
-            return await service.list_events(tx, run_id, after, limit)
-    if last_event_id:
-        after = max(after, int(last_event_id))  # the pattern above makes this a safe bigint
-    async with db.user_scope(user.claims) as tx:
-        first = await service.list_events(tx, run_id, after, 1000)  # also the membership check (404)
-
-    async def read(after_id: int) -> list[dict]:
-        async with db.user_scope(user.claims) as tx:
-            return (await service.list_events(tx, run_id, after_id, 1000))["items"]
-
-    stream = event_stream(
-        request.app.state.hub,
+    out = await events_response(
+        request,
+        db,
+        user.claims,
         run_id,
-        first["items"],
-        after,
-        read,
+        service.list_events,
         lambda ev: ev["type"] in FINAL_EVENTS,
-        float(user.claims.get("exp", 0)),
+        after,
+        limit,
+        last_event_id,
+        wants_event_stream(request.headers.get("accept", "")),
     )
-    return EventSourceResponse(
-        stream, ping=request.app.state.settings.sse_ping_s, headers={"Cache-Control": "no-store"}
-    )
+    return out
 
 
 @router.post(

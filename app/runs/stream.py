@@ -14,6 +14,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import orjson
 
@@ -111,3 +112,40 @@ def event_stream(
             hub.unsubscribe(key, wake)
 
     return stream()
+
+
+async def events_response(
+    request: Any,
+    db: Any,
+    claims: dict,
+    key: uuid.UUID,
+    list_events: Callable[[Any, uuid.UUID, int, int], Awaitable[dict]],
+    is_final: Callable[[dict], bool],
+    after: int,
+    limit: int,
+    last_event_id: str | None,
+    wants_stream: bool,
+) -> Any:
+    """The body of an events endpoint (a run's, a bulk resume's): the JSON page, or the SSE stream that
+    replays after `Last-Event-ID` (or `after`) and follows until `is_final`. `list_events(tx, key, after,
+    limit)` reads one page as the caller (and raises 404 for a non-member)."""
+    from sse_starlette.sse import EventSourceResponse
+
+    if not wants_stream:
+        async with db.user_scope(claims) as tx:
+            return await list_events(tx, key, after, limit)
+    if last_event_id:
+        after = max(after, int(last_event_id))  # the header's pattern makes this a safe bigint
+    async with db.user_scope(claims) as tx:
+        first = await list_events(tx, key, after, 1000)  # also the membership check (404)
+
+    async def read(after_id: int) -> list[dict]:
+        async with db.user_scope(claims) as tx:
+            return (await list_events(tx, key, after_id, 1000))["items"]
+
+    stream = event_stream(
+        request.app.state.hub, key, first["items"], after, read, is_final, float(claims.get("exp", 0))
+    )
+    return EventSourceResponse(
+        stream, ping=request.app.state.settings.sse_ping_s, headers={"Cache-Control": "no-store"}
+    )
