@@ -24,7 +24,7 @@ class IdempotencyRepository:
         self, user_id: uuid.UUID, scope: str, key: str, request_hash: str, status_code: int, response: dict
     ) -> None:
         # A record older than 24 h is replaced; a live one is kept as it is (twins with the same key
-        # are serialized by the parent's row lock, so the second finds the first's record and replays it).
+        # are serialized by the lineage lock of _OPEN, so the second finds the first's record and replays it).
         await self.tx.execute(
             "insert into idempotency_records (user_id, scope, key, request_hash, status_code, response)"
             " values ($1, $2, $3, $4, $5, $6)"
@@ -39,19 +39,6 @@ class IdempotencyRepository:
             response,
         )
 
-
-# The parent, locked, with its step statuses, in one round trip. The lock serializes concurrent
-# resumes of a run. "One active child per parent" is left to the unique index
-# uq_runs_one_active_child (the write fails, the service answers 409 with the child's id): a
-# lookup here cost 1.6-3.5 ms per resume and grew with every tenant's queue depth (issue 17).
-_LOCK_PARENT = """
-select r.id, r.project_id, r.workflow_id, r.workflow_version, r.status, r.input, r.root_run_id,
-       coalesce(st.keys, '{}') as step_keys, coalesce(st.statuses, '{}') as step_statuses
-from runs r
-cross join lateral (select array_agg(s.step_key) as keys, array_agg(s.status) as statuses
-                    from step_runs s where s.run_id = r.id) st
-where r.id = $1 for update of r
-"""
 
 # Everything a resume writes, in one statement: the run, its pending steps, the reused steps
 # copied with identical outputs, the steps given a manual output (§10.2), the events on child and
@@ -134,16 +121,24 @@ left join (select src.step_key, src.step_type, src.position, 'succeeded' as stat
            from ovs cross join t as t2) s on true
 """
 
-# --- resume2 (§10.1): every resume of a lineage (one root) takes this transaction-scoped lock first,
-# so that the guard in _WRITE_RESUME sees every run another resume of the same lineage committed: an
-# approval of a paused run and a resume of its failed child cannot both start downstream work. The
-# lock is taken only on a run the caller can see (RLS), and released at commit or rollback.
+# The run (if visible under RLS), the caller's role and the run's step statuses in one round trip, and
+# the lineage lock: every resume of a lineage (one root) takes this transaction-scoped lock first, so
+# resumes of one lineage run one at a time and every later statement of this transaction (the
+# idempotency read, the guard in _WRITE_RESUME) sees what the previous one committed: an approval of a
+# paused run and a resume of its failed child cannot both start downstream work, and twins with one
+# Idempotency-Key replay. The lock is taken only on a run the caller can see, released at commit or
+# rollback. (No row lock on the parent: the advisory lock already serializes its resumes, and a row
+# lock would need the UPDATE policy, i.e. a second statement after the role check.)
 _OPEN = """
-select r.id, r.project_id, r.root_run_id, r.resolved_by, r.status,
+select r.id, r.project_id, r.workflow_id, r.workflow_version, r.status, r.input, r.root_run_id, r.resolved_by,
        (select m.role from project_members m where m.project_id = r.project_id
           and m.user_id = (select auth.uid())) as caller_role,
+       coalesce(st.keys, '{}') as step_keys, coalesce(st.statuses, '{}') as step_statuses,
        pg_advisory_xact_lock(1297435720, hashtext(r.root_run_id::text)) as locked
-from runs r where r.id = $1
+from runs r
+cross join lateral (select array_agg(s.step_key) as keys, array_agg(s.status) as statuses
+                    from step_runs s where s.run_id = r.id) st
+where r.id = $1
 """
 
 # --- resume2 (§10.1): why the guard refused (error path only): the parent's resolver and any run of
@@ -164,9 +159,6 @@ class ResumeRepository:
     async def open(self, run_id: uuid.UUID):
         """The run (if visible), the caller's role, and the lineage lock (see _OPEN)."""
         return await self.tx.fetchrow(_OPEN, run_id)
-
-    async def lock_parent(self, run_id: uuid.UUID):
-        return await self.tx.fetchrow(_LOCK_PARENT, run_id)
 
     async def lineage_conflict(self, run_id: uuid.UUID):
         return await self.tx.fetchrow(_LINEAGE_CONFLICT, run_id)

@@ -239,17 +239,13 @@ async def _resume_tx(
 ) -> dict:
     # Also takes the lineage lock (app/resume/repository.py _OPEN), so the resolved/active guard of the
     # write below sees every other resume of this lineage.
-    seen = await ResumeRepository(tx).open(run_id)
-    if seen is None or seen["caller_role"] is None:
+    run = await ResumeRepository(tx).open(run_id)
+    if run is None or run["caller_role"] is None:
         raise NotFound("No such run.")
-    ctx["project_id"] = seen["project_id"]
-    role = seen["caller_role"]
+    ctx["project_id"] = run["project_id"]
+    role = run["caller_role"]
     if RANK[role] < RANK["editor"]:
         raise Forbidden(f"Resuming needs the editor or owner role; you are {role}.")
-    # The parent's row lock serializes concurrent resumes of one run. A parent that already has a
-    # queued or running child is refused by the unique index uq_runs_one_active_child when we write;
-    # the caller gets 409 with the child's id (see `resume`).
-    run = await ResumeRepository(tx).lock_parent(run_id)
     scope = f"POST /runs/{run_id}/resume"
     req_hash = request_hash or _hash(req)  # of the body as sent, so a retry matches
     if idem_key is not None:
@@ -263,7 +259,7 @@ async def _resume_tx(
             ctx["replay"] = True
             raise _Replay(prior["status_code"], prior["response"])
     statuses = dict(zip(run["step_keys"], run["step_statuses"], strict=True))
-    parent = {**dict(run), "resolved_by": seen["resolved_by"]}
+    parent = dict(run)
     plan, version, _old_dag, new_dag = await _plan_for(
         tx, parent, statuses, req.from_step, req.workflow_version, rerun=req.rerun
     )
@@ -275,7 +271,7 @@ async def _resume_tx(
     positions = {k: i for i, k in enumerate(new_dag.order)}
     pending = pending_rows(new_dag, reuse | set(plan.override))
     overrides = (
-        [k for k in plan.override],
+        list(plan.override),
         [new_dag.steps[k].type for k in plan.override],
         [positions[k] for k in plan.override],
         # as JSON text: asyncpg would read a list inside a jsonb[] parameter as another array dimension
